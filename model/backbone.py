@@ -1,0 +1,137 @@
+"""Backbone factory over :func:`timm.create_model`.
+
+Any timm Vision Transformer name works. Weights come from one of:
+
+* ``pretrained=True`` — timm's own pretrained weights (hub download, not possible offline);
+* ``checkpoint=PATH`` — a local file: ``.safetensors``, a PyTorch state dict
+  (``.pth``/``.pt``/``.bin``, loaded with ``weights_only=True``) or the original
+  JAX ``.npz`` of the ViT papers (loaded by timm's own ``load_pretrained``).
+
+The classifier head is removed (``num_classes=0``): InfLoRA keeps its own
+per-task heads on the final CLS feature.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+__all__ = ["BackboneError", "create_backbone", "load_state_dict_file", "save_backbone"]
+
+_logger = logging.getLogger(__name__)
+
+_HEAD_PREFIXES = ("head.", "fc_norm.weight_head")  # classifier weights we never load
+
+
+class BackboneError(ValueError):
+    """The backbone cannot be built: unknown name, missing or corrupt checkpoint."""
+
+
+def _known_vit_names() -> list[str]:
+    return sorted(set(timm.list_models("vit_*")) | set(timm.list_models("test_vit*")))
+
+
+def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.safetensors`` or a ``weights_only`` torch file.
+
+    Raises:
+        BackboneError: the file is missing, unreadable, or not a flat tensor dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BackboneError(f"backbone checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt archive, truncated file, pickle with code
+        raise BackboneError(f"backbone checkpoint {path} is corrupt or not a weights file: {exc}") from exc
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]
+    if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
+        state = state["model"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BackboneError(f"backbone checkpoint {path} does not hold a tensor state dict")
+    return dict(state)
+
+
+def create_backbone(
+    name: str,
+    *,
+    pretrained: bool = False,
+    checkpoint: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> nn.Module:
+    """Build a headless timm ViT, optionally loading weights.
+
+    Args:
+        name: timm model name, e.g. ``vit_base_patch16_224.augreg_in21k``.
+        pretrained: load timm's pretrained weights for ``name`` (needs the hub).
+        checkpoint: local weights file; takes precedence over ``pretrained``.
+        overrides: keyword arguments for the timm constructor (``img_size``,
+            ``patch_size``, ``embed_dim``, ``depth``, ``num_heads``, ``in_chans``…).
+
+    Returns:
+        The model in ``eval()`` mode with every parameter frozen.
+    """
+    architecture = name.split(".")[0]
+    if not timm.is_model(architecture):
+        close = [n for n in _known_vit_names() if architecture.split("_")[0] in n][:8]
+        raise BackboneError(f"unknown timm model {name!r}; ViT names include e.g. {close}")
+    kwargs = dict(overrides or {})
+    kwargs["num_classes"] = 0
+    use_hub = pretrained and checkpoint is None
+    try:
+        model = timm.create_model(name, pretrained=use_hub, **kwargs)
+    except TypeError as exc:
+        raise BackboneError(f"bad backbone overrides {sorted(kwargs)} for {name!r}: {exc}") from exc
+    if not hasattr(model, "blocks"):
+        raise BackboneError(f"{name!r} is not a Vision Transformer (no .blocks); InfLoRA wraps ViT attention")
+    if checkpoint is not None:
+        _load_checkpoint(model, Path(checkpoint))
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def _load_checkpoint(model: nn.Module, path: Path) -> None:
+    if path.suffix == ".npz":
+        if not path.is_file():
+            raise BackboneError(f"backbone checkpoint not found: {path}")
+        try:
+            model.load_pretrained(str(path))  # timm's loader for the original JAX weights
+        except Exception as exc:
+            raise BackboneError(f"cannot load JAX checkpoint {path}: {exc}") from exc
+        return
+    state = load_state_dict_file(path)
+    state = {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIXES)}
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(_HEAD_PREFIXES)]
+    if missing or result.unexpected_keys:
+        raise BackboneError(
+            f"checkpoint {path} does not match the backbone: missing {missing[:5]}"
+            f"{'…' if len(missing) > 5 else ''}, unexpected {result.unexpected_keys[:5]}"
+        )
+    _logger.info("loaded backbone weights from %s", path)
+
+
+def save_backbone(model: nn.Module, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None) -> None:
+    """Write the backbone's weights (no head) as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if not k.startswith(_HEAD_PREFIXES)}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=dict(metadata or {}))
+    os.replace(tmp, path)

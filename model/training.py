@@ -1,0 +1,206 @@
+"""Training, evaluation and measurement passes shared by every method.
+
+The loops follow the reference implementation: the network stays in ``eval()``
+mode while training (no dropout, frozen norms), only the parameters handed in
+are optimised, and the loss is the cross-entropy over the session's own classes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .net import ContinualViT
+
+__all__ = [
+    "TrainSpec",
+    "make_optimizer",
+    "train_session",
+    "predict",
+    "collect_covariances",
+    "probe_sq_norm",
+    "autocast_context",
+]
+
+Batches = Iterable[tuple[Tensor, Tensor]]
+
+_OPTIMIZERS = ("adam", "sgd")
+_PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """How one session is trained (paper defaults: Adam, lr 5e-4, batch 128).
+
+    Args:
+        optimizer: ``"adam"`` (cosine schedule of the reference code) or ``"sgd"``
+            (momentum, ``CosineAnnealingLR``), as in the paper's DomainNet runs.
+        lr: learning rate of the first session and of later sessions.
+        epochs: epochs per session.
+        batch_size: training batch size.
+        weight_decay: L2 weight decay.
+        momentum: SGD momentum.
+        precision: ``"bf16"`` autocasts forward passes where the device supports it.
+    """
+
+    optimizer: str = "adam"
+    lr: float = 5e-4
+    epochs: int = 20
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in _OPTIMIZERS:
+            raise ValueError(f"train.optimizer must be one of {list(_OPTIMIZERS)}, got {self.optimizer!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"train.lr must be a positive number, got {self.lr}")
+        if self.epochs < 1:
+            raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError("train.batch_size and train.eval_batch_size must be >= 1")
+        if self.weight_decay < 0:
+            raise ValueError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"train.momentum must be in [0, 1), got {self.momentum}")
+        if self.precision not in _PRECISIONS:
+            raise ValueError(f"train.precision must be one of {list(_PRECISIONS)}, got {self.precision!r}")
+
+
+def reference_cosine(epochs: int) -> Callable[[int], float]:
+    """LR factor of the reference code's ``CosineSchedule``: cos(99π·e / (200·(K−1)))."""
+    if epochs <= 1:
+        return lambda epoch: 1.0
+    return lambda epoch: math.cos(99 * math.pi * epoch / (200 * (epochs - 1)))
+
+
+def make_optimizer(
+    params: list[nn.Parameter], spec: TrainSpec
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """Optimizer and per-epoch scheduler as the reference code builds them."""
+    if not params:
+        raise ValueError("nothing to train: the method returned no trainable parameter")
+    if spec.optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.999))
+        sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.LambdaLR(opt, reference_cosine(spec.epochs))
+    else:
+        opt = torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=spec.epochs)
+    return opt, sched
+
+
+def autocast_context(device: torch.device, precision: str):
+    """bf16 autocast where asked for and supported; a no-op otherwise."""
+    if precision == "bf16" and (device.type == "cpu" or torch.cuda.is_bf16_supported()):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def train_session(
+    net: ContinualViT,
+    params: list[nn.Parameter],
+    batches: Batches,
+    spec: TrainSpec,
+    *,
+    head_names: list[str],
+    class_offset: int,
+    device: torch.device,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    start_epoch: int = 0,
+    on_epoch_end: Callable[[int, float, float], None] | None = None,
+) -> list[float]:
+    """Train ``params`` for the remaining epochs of one session.
+
+    Args:
+        net: the network; kept in ``eval()`` mode as in the reference code.
+        params: the trainable parameters (current up-projections and heads).
+        batches: re-iterable ``(images, global_labels)`` batches of the session.
+        spec: optimiser settings.
+        head_names: heads of the session; the loss uses their logits only.
+        class_offset: global label of the session's first class.
+        device: compute device.
+        optimizer, scheduler: resume state (built from ``spec`` when ``None``).
+        start_epoch: first epoch to run (for a resumed session).
+        on_epoch_end: called as ``(epoch, mean_loss, train_accuracy)``, e.g. to checkpoint.
+
+    Returns:
+        Mean training loss of each epoch run.
+    """
+    if optimizer is None or scheduler is None:
+        optimizer, scheduler = make_optimizer(params, spec)
+    net.eval()
+    losses: list[float] = []
+    for epoch in range(start_epoch, spec.epochs):
+        total_loss, total_correct, total_seen = 0.0, 0, 0
+        for images, labels in batches:
+            images = images.to(device, non_blocking=True)
+            targets = labels.to(device, non_blocking=True) - class_offset
+            with autocast_context(device, spec.precision):
+                logits = net(images, head_names)
+            loss = F.cross_entropy(logits.float(), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss.detach()) * targets.shape[0]
+            total_correct += int((logits.argmax(dim=1) == targets).sum())
+            total_seen += targets.shape[0]
+        if total_seen == 0:
+            raise ValueError("the session has no training samples")
+        scheduler.step()
+        mean_loss = total_loss / total_seen
+        losses.append(mean_loss)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, mean_loss, total_correct / total_seen)
+    return losses
+
+
+@torch.no_grad()
+def predict(net: ContinualViT, batches: Batches, device: torch.device, precision: str = "fp32") -> tuple[Tensor, Tensor]:
+    """Class-incremental predictions: argmax over the concatenated heads of all seen tasks.
+
+    Returns:
+        ``(predictions, labels)``, both ``(N,)`` int64 on the CPU.
+    """
+    net.eval()
+    preds, targets = [], []
+    for images, labels in batches:
+        with autocast_context(device, precision):
+            logits = net(images.to(device, non_blocking=True))
+        preds.append(logits.argmax(dim=1).cpu())
+        targets.append(labels.cpu())
+    if not preds:
+        return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+    return torch.cat(preds), torch.cat(targets)
+
+
+@torch.no_grad()
+def collect_covariances(net: ContinualViT, batches: Batches, device: torch.device) -> dict[str, Tensor]:
+    """One pass over ``batches``: the mean of ``x xᵀ`` at every wrapped layer's input.
+
+    The per-batch products run on ``device`` in float32 and accumulate in float64.
+    """
+    net.eval()
+    with net.collecting_covariance():
+        for images, _ in batches:
+            net.features(images.to(device, non_blocking=True))
+    return net.covariances()
+
+
+@torch.no_grad()
+def probe_sq_norm(net: ContinualViT, probes: Mapping[str, nn.Module], batches: Batches, device: torch.device) -> float:
+    """Mean squared output norm per token of the probe branches over ``batches``."""
+    net.eval()
+    with net.probing(probes):  # type: ignore[arg-type]
+        for images, _ in batches:
+            net.features(images.to(device, non_blocking=True))
+        return net.probe_mean_sq_norm()

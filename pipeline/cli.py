@@ -1,0 +1,207 @@
+"""``inflora`` command line: run, eval, report, ui, pretrain (and sweep).
+
+Printing happens here only; the library modules log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _print_table(title: str, frame) -> None:
+    import pandas as pd
+
+    with pd.option_context("display.max_columns", 50, "display.width", 160, "display.precision", 2):
+        print(f"\n{title}\n{frame.to_string()}")
+
+
+def _percent(frame):
+    return (frame * 100).round(2)
+
+
+def _print_outcomes(outcomes, tracking_uri: str | None) -> None:
+    import pandas as pd
+
+    rows = []
+    for o in outcomes:
+        results = o.results()
+        if o.status == "FINISHED":
+            _print_table(f"{o.spec.label}: test accuracy (%) R[after session, task]", _percent(results.test))
+        rows.append({"run": o.spec.label, "status": o.status, **o.summary})
+    if rows:
+        table = pd.DataFrame(rows).set_index("run")
+        numeric = table.select_dtypes("number") * 100
+        table[numeric.columns] = numeric.round(2)
+        _print_table("summary (%): final/average accuracy (task mean = paper, sample weighted = reference log), forgetting, BWT", table)
+    print("\nrun directories:")
+    for o in outcomes:
+        print(f"  {o.run_dir.path}")
+    if tracking_uri:
+        print(f"\nMLflow: {tracking_uri}\n  browse with: inflora ui   (or: mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --host 127.0.0.1)")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .runner import execute, make_specs, spec_from_run_dir
+    from .tracking import resolve_tracking_uri
+
+    if args.resume:
+        specs = [spec_from_run_dir(path) for path in args.resume]
+    else:
+        if not args.config:
+            raise SystemExit("inflora run: give a CONFIG file or --resume RUN_DIR")
+        overrides = list(args.set or [])
+        if args.executor:
+            overrides.append(f"resources.executor={args.executor}")
+        cfg = load_config(args.config, overrides)
+        specs = make_specs(cfg, args.seeds)
+    outcomes = execute(specs, progress=not args.no_progress)
+    cfg = specs[0].config
+    _print_outcomes(outcomes, resolve_tracking_uri(cfg.tracking) if cfg.tracking.enabled else None)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from model.methods import create_method
+
+    from .results import collect_results
+    from .runner import spec_from_run_dir
+    from .state import RunDir
+
+    for path in args.run_dirs:
+        spec = spec_from_run_dir(path)
+        method = create_method(spec.config.method, spec.config.lora)
+        results = collect_results(RunDir(path), method.sessions(spec.config.data.num_tasks))
+        matrix = results.test if args.split == "test" else results.val
+        if matrix.empty:
+            print(f"{path}: no session evaluated yet")
+            continue
+        _print_table(f"{spec.label}: {args.split} accuracy (%) R[after session, task]", _percent(matrix))
+        summary = results.summary(args.split)
+        for key, value in summary.items():
+            print(f"  {key:28s} {value * 100:7.2f}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import runs_table, summary_table
+
+    table = runs_table(args.experiment, tracking_uri=args.tracking_uri, sweep=args.sweep)
+    if table.empty:
+        print("no finished runs found")
+        return 1
+    if args.runs:
+        _print_table("runs", table)
+    _print_table("mean ± std over seeds (%)", summary_table(table, paper=not args.no_paper))
+    if args.csv:
+        table.to_csv(args.csv)
+        print(f"\nwrote {args.csv}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from .config import TrackingConfig
+    from .tracking import resolve_tracking_uri
+
+    uri = args.tracking_uri or resolve_tracking_uri(TrackingConfig())
+    if uri.startswith("http"):
+        print(f"the tracking URI is a server already: open {uri}")
+        return 0
+    cmd = ["mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    print(f"MLflow UI on http://{args.host}:{args.port}  ({' '.join(shlex.quote(c) for c in cmd)})")
+    os.execvp(cmd[0], cmd)
+    return 0  # pragma: no cover
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .pretrain import pretrain_backbone
+
+    cfg = load_config(args.config, args.set)
+    if cfg.backbone.checkpoint and Path(cfg.backbone.checkpoint).is_file() and not args.force:
+        print(f"{cfg.backbone.checkpoint} exists (use --force to pretrain again)")
+        return 0
+    report = pretrain_backbone(cfg.backbone, cfg.data)
+    print(f"wrote {cfg.backbone.checkpoint}: test accuracy {report['test_accuracy']:.4f} on {report['pretrain_dataset']}"
+          f" after {report['recipe']['epochs']} epochs ({report['wall_time_s']:.0f} s)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inflora", description="InfLoRA continual-learning pipeline (Ray + MLflow + Optuna)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run (or resume) a config's runs: one per seed")
+    run.add_argument("config", nargs="?", help="YAML run config")
+    run.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the config's)")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. --set train.lr=1e-3")
+    run.add_argument("--resume", nargs="+", metavar="RUN_DIR", help="resume existing run directories")
+    run.add_argument("--executor", choices=["ray", "local"], help="override resources.executor")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.set_defaults(func=cmd_run)
+
+    ev = sub.add_parser("eval", help="print a run directory's accuracy matrix and metrics")
+    ev.add_argument("run_dirs", nargs="+")
+    ev.add_argument("--split", choices=["test", "val"], default="test")
+    ev.set_defaults(func=cmd_eval)
+
+    rep = sub.add_parser("report", help="table of finished runs from MLflow (mean ± std over seeds)")
+    rep.add_argument("--experiment", default=None, help="MLflow experiment name (default: every experiment)")
+    rep.add_argument("--tracking-uri", default=None)
+    rep.add_argument("--sweep", default=None, help="only the trials of this sweep (parent run name or id)")
+    rep.add_argument("--runs", action="store_true", help="also list every run")
+    rep.add_argument("--no-paper", action="store_true", help="hide the paper's figures")
+    rep.add_argument("--csv", default=None, help="write the per-run table to this CSV")
+    rep.set_defaults(func=cmd_report)
+
+    ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
+    ui.add_argument("--tracking-uri", default=None)
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=cmd_ui)
+
+    pre = sub.add_parser("pretrain", help="pretrain a config's CPU-scale backbone (backbone.pretrain)")
+    pre.add_argument("config")
+    pre.add_argument("--set", action="append", metavar="KEY=VALUE")
+    pre.add_argument("--force", action="store_true")
+    pre.set_defaults(func=cmd_pretrain)
+
+    try:
+        from sweeps.cli import add_sweep_parser
+    except ImportError:  # pragma: no cover - sweeps is part of the package
+        pass
+    else:
+        add_sweep_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from model.backbone import BackboneError
+    from model.subspace import SubspaceError
+
+    from .config import ConfigError
+    from .data import DatasetError
+    from .runner import RunFailed
+    from .state import RunStateError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, BackboneError, DatasetError, SubspaceError, RunStateError, RunFailed, FileNotFoundError) as exc:
+        print(f"inflora: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Tables of finished runs from MLflow, with the paper's figures beside them."""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+
+__all__ = ["PAPER_RESULTS", "runs_table", "summary_table"]
+
+# Liang & Li, CVPR 2024, Tables 1-3 (InfLoRA, ViT-B/16 in21k): final and average
+# accuracy in %, mean ± std over 5 seeds. Keyed by the ``name`` of the configs in configs/.
+PAPER_RESULTS: dict[str, dict[str, str]] = {
+    "imagenet_r_10": {"paper_final": "75.65 ± 0.14", "paper_average": "80.82 ± 0.24"},
+    "imagenet_r_5": {"paper_final": "77.52 ± 0.37", "paper_average": "82.01 ± 0.12"},
+    "imagenet_r_20": {"paper_final": "71.01 ± 0.45", "paper_average": "77.28 ± 0.45"},
+    "cifar100_10": {"paper_final": "86.51 ± 0.73", "paper_average": "91.70 ± 0.32"},
+    "domainnet_5": {"paper_final": "74.53 ± 0.23", "paper_average": "79.57 ± 0.57"},
+}
+
+_METRICS = {
+    "final_acc": "metrics.final/final_acc_task_mean",
+    "avg_acc": "metrics.final/avg_acc_task_mean",
+    "final_acc_weighted": "metrics.final/final_acc_sample_weighted",
+    "avg_acc_weighted": "metrics.final/avg_acc_sample_weighted",
+    "forgetting": "metrics.final/forgetting",
+    "bwt": "metrics.final/bwt",
+}
+
+
+def runs_table(experiment: str | None = None, tracking_uri: str | None = None, sweep: str | None = None) -> pd.DataFrame:
+    """One row per finished run: config name, method, seed and the final metrics."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    from .config import TrackingConfig
+    from .tracking import resolve_tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri or resolve_tracking_uri(TrackingConfig()))
+    client = mlflow.MlflowClient()
+    if experiment:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            raise ValueError(f"no MLflow experiment named {experiment!r}")
+        experiment_ids = [found.experiment_id]
+    else:
+        experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    filters = ["attributes.status = 'FINISHED'"]
+    if sweep:
+        parent = _find_parent(client, experiment_ids, sweep)
+        filters.append(f"tags.mlflow.parentRunId = '{parent}'")
+    frame = mlflow.search_runs(experiment_ids=experiment_ids, filter_string=" and ".join(filters), output_format="pandas")
+    if frame.empty or "tags.method" not in frame:
+        return pd.DataFrame()
+    frame = frame[frame["tags.method"].notna()]
+    out = pd.DataFrame(
+        {
+            "config": frame["tags.config_name"],
+            "method": frame["tags.method"],
+            "seed": pd.to_numeric(frame["tags.seed"]),
+            "run_id": frame["run_id"],
+        }
+    )
+    for name, column in _METRICS.items():
+        out[name] = frame[column] * 100 if column in frame else float("nan")
+    return out.sort_values(["config", "method", "seed"]).reset_index(drop=True)
+
+
+def _find_parent(client, experiment_ids: list[str], sweep: str) -> str:
+    runs = client.search_runs(experiment_ids, filter_string=f"attributes.run_name = '{sweep}'")
+    if runs:
+        return runs[0].info.run_id
+    return sweep  # assume a run id
+
+
+def summary_table(runs: pd.DataFrame, paper: bool = True) -> pd.DataFrame:
+    """Mean ± std over seeds per (config, method), with the paper's figures when known."""
+    rows = []
+    for (config, method), group in runs.groupby(["config", "method"], sort=True):
+        row: dict[str, object] = {"config": config, "method": method, "seeds": len(group)}
+        for name in _METRICS:
+            values = group[name].dropna()
+            if values.empty:
+                continue
+            std = values.std(ddof=1) if len(values) > 1 else 0.0
+            row[name] = f"{values.mean():.2f} ± {std:.2f}"
+        if paper and method == "inflora" and config in PAPER_RESULTS:
+            row.update(PAPER_RESULTS[config])
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(["config", "method"])

@@ -1,0 +1,60 @@
+"""A run's results, read back from its eval markers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .metrics import accuracy_matrix, session_accuracy, summarize
+from .state import RunDir, StageKey
+
+__all__ = ["RunResults", "collect_results"]
+
+
+@dataclass
+class RunResults:
+    """Accuracy matrices (test and validation) of the sessions evaluated so far."""
+
+    test: pd.DataFrame
+    val: pd.DataFrame
+    counts: list[int]
+    learned_at: list[int]
+
+    @property
+    def sessions_done(self) -> int:
+        return len(self.test)
+
+    def summary(self, part: str = "test") -> dict[str, float]:
+        matrix = self.test if part == "test" else self.val
+        if matrix.empty:
+            return {}
+        return summarize(matrix.to_numpy(), self.counts, self.learned_at)
+
+    def curves(self, part: str = "test") -> dict[str, list[float]]:
+        matrix = self.test if part == "test" else self.val
+        task_mean, weighted = session_accuracy(matrix.to_numpy(), np.asarray(self.counts, dtype=float))
+        return {"task_mean": task_mean.tolist(), "sample_weighted": weighted.tolist()}
+
+
+def collect_results(run_dir: RunDir, sessions: list[list[int]], upto: int | None = None) -> RunResults:
+    """Read the eval markers of consecutive sessions ``0..upto`` (all finished ones when ``None``)."""
+    num_tasks = sum(len(s) for s in sessions)
+    learned_at = [0] * num_tasks
+    for s, tasks in enumerate(sessions):
+        for t in tasks:
+            learned_at[t] = s
+    test_rows, val_rows = [], []
+    counts = [0] * num_tasks
+    last = len(sessions) - 1 if upto is None else upto
+    for s in range(last + 1):
+        key = StageKey(s, "eval")
+        if not run_dir.is_done(key):
+            break
+        info = run_dir.read_done(key)
+        test_rows.append({int(k): v for k, v in info["test"].items()})
+        val_rows.append({int(k): v for k, v in info["val"].items()})
+        for k, n in info["test_counts"].items():
+            counts[int(k)] = int(n)
+    return RunResults(accuracy_matrix(test_rows, num_tasks), accuracy_matrix(val_rows, num_tasks), counts, learned_at)

@@ -1,0 +1,196 @@
+"""Drive many runs at once: submit their stages, log results as they finish.
+
+``execute`` is what ``inflora run`` calls. For each run it creates (or checks)
+the run directory, opens its MLflow run, submits every unfinished stage with its
+dependencies to the executor and, while the cluster works, logs each finished
+stage to MLflow. Finished stages are skipped, so running the same command again
+resumes every run where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from model.methods import create_method
+
+from .config import RunConfig
+from .pretrain import ensure_backbone
+from .results import RunResults, collect_results
+from .scheduler import Executor, create_executor
+from .stages import RunSpec, init_run_dir, stage_dependencies, stage_plan
+from .state import RunDir, StageKey
+from .tracking import Tracker, package_versions
+
+__all__ = ["RunOutcome", "RunFailed", "make_specs", "execute", "spec_from_run_dir"]
+
+_logger = logging.getLogger(__name__)
+
+StageCallback = Callable[[RunSpec, StageKey, dict[str, Any]], None]
+
+
+class RunFailed(RuntimeError):
+    """One or more runs failed; the message lists them."""
+
+
+@dataclass
+class RunOutcome:
+    """What a run ended with."""
+
+    spec: RunSpec
+    run_dir: RunDir
+    sessions: list[list[int]]
+    run_id: str | None = None
+    status: str = "RUNNING"
+    error: str | None = None
+    summary: dict[str, float] = field(default_factory=dict)
+    tracker: Tracker | None = field(default=None, repr=False)
+
+    def results(self) -> RunResults:
+        return collect_results(self.run_dir, self.sessions)
+
+
+def run_dir_name(cfg: RunConfig, seed: int) -> str:
+    return f"{cfg.name}-{cfg.method.name}-seed{seed}-{cfg.result_key()}"
+
+
+def make_specs(cfg: RunConfig, seeds: Sequence[int] | None = None) -> list[RunSpec]:
+    """One run per seed, each with its own directory under ``cfg.output_dir``."""
+    return [RunSpec(cfg, int(seed), str(Path(cfg.output_dir) / run_dir_name(cfg, int(seed)))) for seed in (seeds or cfg.seeds)]
+
+
+def spec_from_run_dir(path: str) -> RunSpec:
+    """The spec of an existing run directory (for ``--resume``)."""
+    from .config import config_from_dict
+
+    run_dir = RunDir(path)
+    if not run_dir.file("run.json").is_file():
+        raise FileNotFoundError(f"{run_dir.path} is not a run directory (no run.json)")
+    record = run_dir.read_json("run.json")
+    return RunSpec(config_from_dict(record["config"]), int(record["seed"]), str(run_dir.path))
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.bar = None
+        if enabled and total:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc="stages", unit="stage", dynamic_ncols=True)
+
+    def advance(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def execute(
+    specs: Sequence[RunSpec],
+    *,
+    executor: Executor | None = None,
+    progress: bool = True,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    on_stage: StageCallback | None = None,
+    raise_on_failure: bool = True,
+) -> list[RunOutcome]:
+    """Run (or resume) every run in ``specs`` to the end.
+
+    Args:
+        specs: the runs; they share the executor's cluster.
+        executor: where stages run (from the first config's resources when ``None``).
+        progress: show a progress bar of finished stages.
+        parent_run_id: MLflow run to nest the runs under (sweeps).
+        tags: extra MLflow tags for every run.
+        on_stage: called in the driver after each stage finishes (and is logged).
+        raise_on_failure: raise :class:`RunFailed` at the end if any run failed.
+    """
+    if not specs:
+        return []
+    versions = package_versions()
+    for spec in specs:
+        ensure_backbone(spec.config.backbone, spec.config.data, progress=progress)
+    executor = executor or create_executor(specs[0].config.resources)
+    trackers: dict[tuple[str, ...], Tracker] = {}
+    outcomes: list[RunOutcome] = []
+    pending: dict[Any, tuple[RunOutcome, StageKey]] = {}
+    todo = 0
+    for spec in specs:
+        cfg = spec.config
+        method = create_method(cfg.method, cfg.lora)
+        run_dir = init_run_dir(spec, versions)
+        outcome = RunOutcome(spec, run_dir, method.sessions(cfg.data.num_tasks))
+        outcomes.append(outcome)
+        tracker = None
+        if cfg.tracking.enabled:
+            key = (cfg.tracking.uri or "", cfg.tracking.experiment)
+            tracker = trackers.get(key) or trackers.setdefault(key, Tracker(cfg.tracking))
+            outcome.run_id = tracker.open_run(spec, run_dir, parent_run_id=parent_run_id, tags=tags)
+        handles: dict[StageKey, Any] = {}
+        for key in stage_plan(method, cfg.data.num_tasks):
+            if run_dir.is_done(key):
+                handles[key] = None
+                _after_stage(outcome, tracker, key, run_dir.read_done(key), on_stage)
+                continue
+            upstream = [handles[d] for d in stage_dependencies(method, key) if handles[d] is not None]
+            handles[key] = executor.submit(spec, key, upstream)
+            pending[handles[key]] = (outcome, key)
+            todo += 1
+        outcome.tracker = tracker
+
+    bar = _Progress(todo, progress)
+    try:
+        while pending:
+            finished, _ = executor.wait(list(pending))
+            for handle in finished:
+                outcome, key = pending.pop(handle)
+                try:
+                    info = executor.result(handle)
+                except Exception as exc:  # the stage (or one it depends on) failed
+                    if outcome.error is None:
+                        outcome.error = f"{key}: {type(exc).__name__}: {exc}"
+                        _logger.error("%s failed at %s:\n%s", outcome.spec.label, key, "".join(traceback.format_exception(exc)))
+                    outcome.status = "FAILED"
+                    bar.advance(f"{outcome.spec.label} {key} FAILED")
+                    continue
+                _after_stage(outcome, outcome.tracker, key, info, on_stage)
+                bar.advance(f"{outcome.spec.label} {key}")
+    except KeyboardInterrupt:
+        for outcome in outcomes:
+            if outcome.tracker is not None and outcome.status == "RUNNING":
+                outcome.tracker.fail(outcome.run_id, "interrupted; resume with the same command", status="KILLED")
+        raise
+    finally:
+        bar.close()
+
+    for outcome in outcomes:
+        tracker = outcome.tracker
+        if outcome.status == "FAILED":
+            if tracker is not None:
+                tracker.fail(outcome.run_id, outcome.error or "failed")
+            continue
+        if tracker is not None:
+            outcome.summary = tracker.finish(outcome.run_id, outcome.spec, outcome.run_dir, outcome.sessions)
+        else:
+            outcome.summary = outcome.results().summary("test")
+        outcome.status = "FINISHED"
+    failed = [o for o in outcomes if o.status == "FAILED"]
+    if failed and raise_on_failure:
+        lines = "\n".join(f"  {o.spec.label} ({o.run_dir.path}): {o.error}" for o in failed)
+        raise RunFailed(f"{len(failed)} of {len(outcomes)} runs failed; fix the cause and re-run the same command to resume:\n{lines}")
+    return outcomes
+
+
+def _after_stage(outcome: RunOutcome, tracker: Tracker | None, key: StageKey, info: dict[str, Any], on_stage: StageCallback | None) -> None:
+    if tracker is not None and outcome.run_id is not None:
+        tracker.log_stage(outcome.run_id, outcome.spec, outcome.run_dir, key, info, outcome.sessions)
+    if on_stage is not None:
+        on_stage(outcome.spec, key, info)

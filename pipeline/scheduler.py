@@ -1,0 +1,138 @@
+"""Where stages run: Ray tasks on a (local or remote) cluster, or in-process.
+
+This is the only module that imports Ray for the run pipeline. Each stage is a
+Ray task with its own resources (the GPU where it computes, a CPU for the data
+split); a stage's upstream results are passed as task arguments, so Ray starts
+it only when they are ready, and many runs submitted at once interleave on the
+cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .config import ResourcesConfig
+from .stages import RunSpec, run_stage
+from .state import StageKey
+
+__all__ = ["Executor", "LocalExecutor", "RayExecutor", "create_executor", "init_ray"]
+
+_logger = logging.getLogger(__name__)
+
+
+class Executor(Protocol):
+    def submit(self, spec: RunSpec, key: StageKey, upstream: Sequence[Any]) -> Any:
+        """Schedule ``key`` of ``spec`` after the ``upstream`` handles; return a handle."""
+
+    def wait(self, handles: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+        """Block until at least one handle is finished: (finished, pending)."""
+
+    def result(self, handle: Any) -> dict[str, Any]:
+        """The stage's result, or the exception it raised."""
+
+    def shutdown(self) -> None: ...
+
+
+# ---------------------------------------------------------------------------- local
+@dataclass(eq=False)  # hashed by identity: handles are dict keys
+class _LocalHandle:
+    spec: RunSpec
+    key: StageKey
+    upstream: Sequence["_LocalHandle"]
+    done: bool = False
+    value: Any = None
+    error: BaseException | None = None
+
+
+@dataclass
+class LocalExecutor:
+    """Runs stages in this process, one at a time, in submission order (for debugging and tests)."""
+
+    queue: list[_LocalHandle] = field(default_factory=list)
+
+    def submit(self, spec: RunSpec, key: StageKey, upstream: Sequence[Any]) -> _LocalHandle:
+        handle = _LocalHandle(spec, key, list(upstream))
+        self.queue.append(handle)
+        return handle
+
+    def wait(self, handles: Sequence[_LocalHandle]) -> tuple[list[_LocalHandle], list[_LocalHandle]]:
+        finished = [h for h in handles if h.done]
+        if not finished:
+            handle = next(h for h in self.queue if not h.done and h in handles)
+            failed = next((u for u in handle.upstream if u.error is not None), None)
+            if failed is not None:
+                handle.error = RuntimeError(f"upstream stage {failed.key} failed: {failed.error}")
+            else:
+                try:
+                    handle.value = run_stage(handle.spec, handle.key)
+                except Exception as exc:  # reported through result()
+                    handle.error = exc
+            handle.done = True
+            finished = [handle]
+        return finished, [h for h in handles if not h.done]
+
+    def result(self, handle: _LocalHandle) -> dict[str, Any]:
+        if handle.error is not None:
+            raise handle.error
+        return handle.value
+
+    def shutdown(self) -> None:
+        self.queue.clear()
+
+
+# ------------------------------------------------------------------------------ ray
+def init_ray(num_cpus: int | None = None) -> None:
+    """Connect to ``RAY_ADDRESS`` when set, else start a local cluster (no dashboard)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        _logger.info("connected to the Ray cluster at %s", address)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True)
+
+
+class RayExecutor:
+    """Submits every stage as a Ray task with the resources of ``ResourcesConfig``."""
+
+    def __init__(self, resources: ResourcesConfig) -> None:
+        import ray
+
+        init_ray(resources.num_cpus)
+        self._ray = ray
+        self._remote = ray.remote(run_stage)
+
+    def submit(self, spec: RunSpec, key: StageKey, upstream: Sequence[Any]) -> Any:
+        res = spec.config.resources
+        if key.stage == "split":
+            options = {"num_cpus": min(1.0, res.cpus_per_stage), "num_gpus": 0}
+        else:
+            options = {"num_cpus": res.cpus_per_stage, "num_gpus": res.gpus_per_stage}
+        return self._remote.options(
+            **options, max_retries=res.max_retries, name=f"{spec.label}:{key}"
+        ).remote(spec, key, *upstream)
+
+    def wait(self, handles: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+        return self._ray.wait(list(handles), num_returns=1)
+
+    def result(self, handle: Any) -> dict[str, Any]:
+        try:
+            return self._ray.get(handle)
+        except self._ray.exceptions.RayTaskError as exc:
+            cause = exc.as_instanceof_cause() if hasattr(exc, "as_instanceof_cause") else exc
+            raise cause from None
+
+    def shutdown(self) -> None:
+        pass  # the cluster outlives one batch of runs; ray.shutdown() at process exit
+
+
+def create_executor(resources: ResourcesConfig) -> Executor:
+    return RayExecutor(resources) if resources.executor == "ray" else LocalExecutor()
