@@ -105,6 +105,11 @@ class DataConfig:
         val_fraction: share of each class's training samples held out for validation.
         image_size: side of the square input images.
         max_train_per_class: cap on training samples per class (a harder protocol).
+        test_fraction: share of each class held out for testing, for data sets
+            without an official test split (ImageNet-R); seeded by the run's seed.
+        normalization: ``"backbone"`` (mean/std of the backbone's timm
+            ``pretrained_cfg``), ``"none"`` (images in [0, 1], as the reference
+            code feeds its in21k ViT) or ``"imagenet"``.
         num_workers: DataLoader worker processes.
         options: data-set-specific settings.
     """
@@ -116,6 +121,8 @@ class DataConfig:
     val_fraction: float = 0.1
     image_size: int = 16
     max_train_per_class: int | None = None
+    test_fraction: float = 0.2
+    normalization: str = "backbone"
     num_workers: int = 0
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -130,6 +137,10 @@ class DataConfig:
             raise ValueError(f"data.image_size must be >= 1, got {self.image_size}")
         if self.max_train_per_class is not None and self.max_train_per_class < 1:
             raise ValueError(f"data.max_train_per_class must be >= 1, got {self.max_train_per_class}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
+        if self.normalization not in ("backbone", "none", "imagenet"):
+            raise ValueError(f"data.normalization must be 'backbone', 'none' or 'imagenet', got {self.normalization!r}")
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
 

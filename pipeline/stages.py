@@ -73,10 +73,12 @@ def _generator(seed: int, session: int, purpose: str) -> torch.Generator:
 
 # ------------------------------------------------------------------ per-process caches
 @functools.lru_cache(maxsize=4)
-def _cached_source(data_json: str) -> DataSource:
+def _cached_source(data_json: str, backbone_name: str) -> DataSource:
     from .config import DataConfig
+    from .data.transforms import resolve_normalization
 
-    return load_dataset(DataConfig(**json.loads(data_json)))
+    data = DataConfig(**json.loads(data_json))
+    return load_dataset(data, resolve_normalization(data.normalization, backbone_name))
 
 
 @functools.lru_cache(maxsize=2)
@@ -135,7 +137,7 @@ class StageContext:
     # ------------------------------------------------------------------ data
     @functools.cached_property
     def source(self) -> DataSource:
-        return _cached_source(json.dumps(config_to_dict(self.cfg.data), sort_keys=True))
+        return _cached_source(json.dumps(config_to_dict(self.cfg.data), sort_keys=True), self.cfg.backbone.name)
 
     @functools.cached_property
     def split(self) -> Split:
@@ -161,7 +163,8 @@ class StageContext:
         )
 
     def eval_loader(self, task: int, part: str):
-        pool = self.source.test if part == "test" else self.source.measure_pool
+        from_test_pool = part == "test" and not self.split.test_from_train
+        pool = self.source.test if from_test_pool else self.source.measure_pool
         return make_loader(
             pool,
             self._indices([task], part),
@@ -194,7 +197,9 @@ class StageContext:
 # ---------------------------------------------------------------------------- stages
 def split_stage(ctx: StageContext, session: int) -> dict[str, Any]:
     data = ctx.cfg.data
-    split = make_split(ctx.source, data.num_tasks, ctx.seed, data.class_order, data.val_fraction, data.max_train_per_class)
+    split = make_split(
+        ctx.source, data.num_tasks, ctx.seed, data.class_order, data.val_fraction, data.max_train_per_class, data.test_fraction
+    )
     ctx.run_dir.write_json("split.json", split.to_dict())
     return {
         "class_order": split.class_order,

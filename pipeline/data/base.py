@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 if TYPE_CHECKING:
     from ..config import DataConfig
 
-__all__ = ["DataSource", "DatasetError", "register_dataset", "load_dataset", "available_datasets"]
+__all__ = ["DataSource", "DatasetError", "Normalization", "register_dataset", "load_dataset", "available_datasets"]
 
 
 class DatasetError(ValueError):
@@ -32,7 +32,10 @@ class DataSource:
     Attributes:
         name: registry name.
         train, test: ``(image, label)`` datasets; images are float tensors ready
-            for the backbone (transforms included).
+            for the backbone (transforms included). ``test`` is ``None`` for data
+            sets without an official test split (ImageNet-R): the split stage then
+            holds out ``data.test_fraction`` of every class of the training pool,
+            seeded by the run's seed, and tests on ``train_eval``.
         train_targets, test_targets: int64 label arrays aligned with the datasets.
         class_names: human-readable name of each label.
         input_shape: ``(channels, height, width)`` of one image.
@@ -42,9 +45,9 @@ class DataSource:
 
     name: str
     train: Dataset
-    test: Dataset
+    test: Dataset | None
     train_targets: np.ndarray
-    test_targets: np.ndarray
+    test_targets: np.ndarray | None
     class_names: list[str]
     input_shape: tuple[int, int, int]
     train_eval: Dataset | None = None
@@ -56,10 +59,18 @@ class DataSource:
 
     @property
     def measure_pool(self) -> Dataset:
+        """The training pool with test-time transforms (validation, held-out test)."""
         return self.train_eval if self.train_eval is not None else self.train
 
+    @property
+    def has_test_split(self) -> bool:
+        return self.test is not None
 
-Loader = Callable[["DataConfig"], DataSource]
+
+Normalization = tuple[tuple[float, ...], tuple[float, ...]] | None
+"""``(mean, std)`` per channel for image data sets, or ``None`` for images in [0, 1]."""
+
+Loader = Callable[["DataConfig", Normalization], DataSource]
 _REGISTRY: dict[str, Loader] = {}
 
 
@@ -77,11 +88,17 @@ def available_datasets() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def load_dataset(cfg: "DataConfig") -> DataSource:
-    """Load the data set named by ``cfg.name`` and check it is usable."""
+def load_dataset(cfg: "DataConfig", normalization: Normalization = None) -> DataSource:
+    """Load the data set named by ``cfg.name`` and check it is usable.
+
+    Args:
+        cfg: the data section of the run config.
+        normalization: ``(mean, std)`` the images are normalised with (image
+            data sets); see :func:`pipeline.data.transforms.resolve_normalization`.
+    """
     if cfg.name not in _REGISTRY:
         raise DatasetError(f"unknown data set {cfg.name!r}; known: {available_datasets()}")
-    source = _REGISTRY[cfg.name](cfg)
+    source = _REGISTRY[cfg.name](cfg, normalization)
     if len(source.train_targets) == 0:
         raise DatasetError(f"data set {cfg.name!r} has no training samples")
     return source

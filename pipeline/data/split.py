@@ -25,7 +25,9 @@ class Split:
             is its position here, so task t owns a contiguous range of labels.
         task_classes: original labels of each task.
         train, val, test: per task, indices into the data set's train/test pools
-            (``val`` is carved from the training pool).
+            (``val`` is carved from the training pool; so is ``test`` when the data
+            set has no test split, see ``test_from_train``).
+        test_from_train: ``test`` indexes the training pool (held out by seed).
     """
 
     class_order: list[int]
@@ -33,6 +35,7 @@ class Split:
     train: list[list[int]]
     val: list[list[int]]
     test: list[list[int]]
+    test_from_train: bool = False
 
     @property
     def num_tasks(self) -> int:
@@ -50,7 +53,10 @@ class Split:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Split":
-        return cls(**{k: data[k] for k in ("class_order", "task_classes", "train", "val", "test")})
+        return cls(
+            **{k: data[k] for k in ("class_order", "task_classes", "train", "val", "test")},
+            test_from_train=bool(data.get("test_from_train", False)),
+        )
 
 
 def _class_order(num_classes: int, order: str | list[int], rng: np.random.Generator) -> list[int]:
@@ -70,6 +76,7 @@ def make_split(
     class_order: str | list[int] = "seeded",
     val_fraction: float = 0.1,
     max_train_per_class: int | None = None,
+    test_fraction: float = 0.2,
 ) -> Split:
     """Split ``source`` into ``num_tasks`` class-incremental tasks.
 
@@ -81,6 +88,8 @@ def make_split(
         raise DatasetError(f"data.num_tasks={num_tasks} is more than the {n} classes of {source.name!r}")
     order_rng = np.random.default_rng([seed, 0])
     sample_rng = np.random.default_rng([seed, 1])
+    test_rng = np.random.default_rng([seed, 2])
+    test_from_train = not source.has_test_split
     order = _class_order(n, class_order, order_rng)
     task_classes = [[int(c) for c in chunk] for chunk in np.array_split(np.array(order), num_tasks)]
     train, val, test = [], [], []
@@ -88,6 +97,13 @@ def make_split(
         tr, va, te = [], [], []
         for c in classes:
             idx = np.flatnonzero(source.train_targets == c)
+            if test_from_train:
+                test_rng.shuffle(idx)
+                n_test = max(1, int(round(test_fraction * len(idx)))) if len(idx) > 1 else 0
+                te.extend(idx[:n_test].tolist())
+                idx = np.sort(idx[n_test:])
+            else:
+                te.extend(np.flatnonzero(source.test_targets == c).tolist())
             sample_rng.shuffle(idx)
             n_val = int(round(val_fraction * len(idx)))
             if val_fraction > 0 and len(idx) > 1:
@@ -97,7 +113,6 @@ def make_split(
             if max_train_per_class is not None:
                 rest = rest[:max_train_per_class]
             tr.extend(rest.tolist())
-            te.extend(np.flatnonzero(source.test_targets == c).tolist())
         if not tr:
             raise DatasetError(f"task {t} (classes {classes}) has no training samples")
         if not te:
@@ -105,4 +120,4 @@ def make_split(
         train.append(sorted(tr))
         val.append(sorted(va))
         test.append(sorted(te))
-    return Split(order, task_classes, train, val, test)
+    return Split(order, task_classes, train, val, test, test_from_train)
