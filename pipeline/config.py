@@ -86,8 +86,13 @@ class BackboneConfig:
     pretrain: PretrainConfig | None = None
 
     def __post_init__(self) -> None:
+        import timm
+
         if not self.name:
             raise ValueError("backbone.name must be a timm model name")
+        if not timm.is_model(self.name.split(".")[0]):
+            hint = sorted(timm.list_models(self.name.split("_")[0] + "*"))[:6]
+            raise ValueError(f"backbone.name: unknown timm model {self.name!r}" + (f"; similar names: {hint}" if hint else ""))
         if self.pretrain is not None and self.checkpoint is None:
             raise ValueError("backbone.pretrain needs backbone.checkpoint: the path the pretrained weights go to")
 
@@ -127,6 +132,10 @@ class DataConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from .data import available_datasets
+
+        if self.name not in available_datasets():
+            raise ValueError(f"data.name: unknown data set {self.name!r}; known: {available_datasets()}")
         if self.num_tasks < 1:
             raise ValueError(f"data.num_tasks must be >= 1, got {self.num_tasks}")
         if isinstance(self.class_order, str) and self.class_order not in ("seeded", "fixed"):
@@ -292,7 +301,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        where = prefix or "the top level"
+        where = f"section {prefix.rstrip('.')}" if prefix else "the top level"
         raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)} in {where}; allowed: {sorted(names)}")
     kwargs = {}
     for name, value in data.items():

@@ -28,7 +28,7 @@ class RunResults:
 
     def summary(self, part: str = "test") -> dict[str, float]:
         matrix = self.test if part == "test" else self.val
-        if matrix.empty:
+        if matrix.empty or matrix.isna().all().all():  # e.g. no validation split
             return {}
         return summarize(matrix.to_numpy(), self.counts, self.learned_at)
 

@@ -7,6 +7,7 @@ Per session s (one task for InfLoRA), in order:
 * ``design`` — covariance pass over the session's training data, designed down-projections;
 * ``train``  — the session's up-projections and heads (only);
 * ``update`` — covariance pass after training, memory update (methods with memory);
+* ``align``  — class-wise feature statistics and head re-training (``inflora_ca``);
 * ``eval``   — accuracy on every seen task's test (and validation) split: row s of R.
 
 Every stage rebuilds the network from the backbone checkpoint and the saved
@@ -95,6 +96,8 @@ def stage_plan(method: ContinualMethod, num_tasks: int) -> list[StageKey]:
         keys.append(StageKey(s, "train"))
         if method.uses_memory:
             keys.append(StageKey(s, "update"))
+        if method.aligns_heads:
+            keys.append(StageKey(s, "align"))
         keys.append(StageKey(s, "eval"))
     return keys
 
@@ -115,8 +118,11 @@ def stage_dependencies(method: ContinualMethod, key: StageKey) -> list[StageKey]
         return [StageKey(s, "design")]
     if key.stage == "update":
         return [StageKey(s, "train")]
+    if key.stage == "align":  # statistics of earlier sessions are read
+        return [StageKey(s, "train")] + ([StageKey(s - 1, "align")] if s > 0 else [])
     if key.stage == "eval":  # after the previous eval too, so rows are logged in order
-        return [StageKey(s, "train")] + ([StageKey(s - 1, "eval")] if s > 0 else [])
+        deps = [StageKey(s, "train")] + ([StageKey(s - 1, "eval")] if s > 0 else [])
+        return deps + ([StageKey(s, "align")] if method.aligns_heads else [])
     raise ValueError(f"unknown stage {key.stage!r}")
 
 
@@ -181,6 +187,10 @@ class StageContext:
         net = ContinualViT(copy.deepcopy(_cached_backbone(backbone_json)), self.cfg.lora.blocks)
         for s in range(sessions_done):
             net.load_adapter_state(self.run_dir.load_tensors(f"session_{s:03d}/adapter.safetensors"), self.cfg.method.train_down)
+        if self.method.aligns_heads:
+            aligned = [s for s in range(sessions_done) if self.run_dir.is_done(StageKey(s, "align"))]
+            if aligned:  # the heads as re-trained after the latest aligned session
+                net.load_adapter_state(self.run_dir.load_tensors(f"session_{aligned[-1]:03d}/aligned_heads.safetensors"))
         net.freeze_all()
         return net.to(self.device)
 
@@ -292,6 +302,34 @@ def update_stage(ctx: StageContext, session: int) -> dict[str, Any]:
     return {"metrics": info}
 
 
+def align_stage(ctx: StageContext, session: int) -> dict[str, Any]:
+    net = ctx.build_net(session + 1)
+    tasks = ctx.session_tasks(session)
+    loader = make_loader(
+        ctx.source.measure_pool,
+        ctx._indices(tasks, "train"),
+        ctx.split.label_map(),
+        ctx.cfg.train.eval_batch_size,
+        num_workers=ctx.cfg.data.num_workers,
+    )
+    stats = ctx.method.class_statistics(net, loader, ctx.device)
+    ctx.run_dir.save_tensors(
+        f"session_{session:03d}/class_stats.safetensors",
+        {f"{kind}/{label}": value[i] for label, value in stats.items() for i, kind in enumerate(("mean", "cov"))},
+    )
+    for s in range(session):
+        earlier = ctx.run_dir.load_tensors(f"session_{s:03d}/class_stats.safetensors")
+        for key in earlier:
+            if key.startswith("mean/"):
+                label = int(key.split("/")[1])
+                stats[label] = (earlier[key], earlier[f"cov/{label}"])
+    seen = [t for s in range(session + 1) for t in ctx.session_tasks(s)]
+    task_labels = [list(range(ctx.split.class_offset(t), ctx.split.class_offset(t) + len(ctx.split.task_classes[t]))) for t in seen]
+    losses = ctx.method.align(net, session, stats, task_labels, _generator(ctx.seed, session, "align"), ctx.device)
+    ctx.run_dir.save_tensors(f"session_{session:03d}/aligned_heads.safetensors", net.adapter_state([], list(net.heads.heads)))
+    return {"metrics": {"align/final_loss": losses[-1]} if losses else {}, "losses": losses}
+
+
 def _accuracy(net: ContinualViT, loader, ctx: StageContext) -> tuple[float, int]:
     preds, labels = predict(net, loader, ctx.device, ctx.cfg.train.precision)
     n = int(labels.numel())
@@ -345,6 +383,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[StageContext, int], dict[str, Any]]] = {
     "design": design_stage,
     "train": train_stage,
     "update": update_stage,
+    "align": align_stage,
     "eval": eval_stage,
 }
 

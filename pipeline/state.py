@@ -37,7 +37,7 @@ import torch
 
 __all__ = ["StageKey", "RunDir", "RunStateError", "atomic_write_bytes"]
 
-STAGES = ("split", "design", "train", "update", "eval")
+STAGES = ("split", "design", "train", "update", "align", "eval")
 
 
 class RunStateError(RuntimeError):

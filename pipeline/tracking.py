@@ -180,7 +180,7 @@ class Tracker:
             self.client.set_tag(run_id, "task_classes", "; ".join(" ".join(map(str, c)) for c in info["task_classes"]))
             sizes = {f"data/train_size/task_{t:03d}": n for t, n in enumerate(info["train_sizes"])}
             metrics += _metric_batch(sizes, 0, now)
-        elif key.stage in ("design", "update"):
+        elif key.stage in ("design", "update", "align"):
             metrics += _metric_batch(info.get("metrics", {}), s, now)
         elif key.stage == "train":
             epochs = spec.config.train.epochs

@@ -8,7 +8,7 @@ from .base import ContinualMethod, Design, LoRASpec, MemoryBank, MethodSpec, hea
 from .registry import available_methods, create_method, register_method
 
 # Importing registers the built-in methods.
-from . import inflora, joint, seq_lora  # noqa: E402,F401  isort: skip
+from . import inflora, inflora_ca, joint, seq_lora  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "ContinualMethod",

@@ -79,6 +79,9 @@ class MethodSpec:
         lame: threshold the schedule moves towards (paper: 1.0).
         dual_memory: DualGPM (store the complement past d/2); ``False`` is plain GPM (b5 variant).
         train_down: also train the down-projection (plain LoRA; baselines only).
+        ca_epochs, ca_lr, ca_samples_per_class, ca_logit_norm: classifier alignment
+            of ``inflora_ca`` (reference: 5 epochs, lr 0.01, 256 samples per class,
+            logit norm 0.1 — none for CIFAR-100).
     """
 
     name: str = "inflora"
@@ -86,12 +89,20 @@ class MethodSpec:
     lame: float = 1.0
     dual_memory: bool = True
     train_down: bool = False
+    ca_epochs: int = 5
+    ca_lr: float = 0.01
+    ca_samples_per_class: int = 256
+    ca_logit_norm: float | None = 0.1
 
     def __post_init__(self) -> None:
         for key in ("lamb", "lame"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
                 raise ValueError(f"method.{key} must be a threshold in (0, 1], got {value!r}")
+        if self.ca_epochs < 1 or self.ca_samples_per_class < 2 or not self.ca_lr > 0:
+            raise ValueError("method.ca_epochs must be >= 1, method.ca_samples_per_class >= 2 and method.ca_lr > 0")
+        if self.ca_logit_norm is not None and not self.ca_logit_norm > 0:
+            raise ValueError(f"method.ca_logit_norm must be > 0 or null, got {self.ca_logit_norm}")
 
 
 @dataclass
@@ -118,6 +129,8 @@ class ContinualMethod(ABC):
 
     name: ClassVar[str]
     uses_memory: ClassVar[bool] = False
+    aligns_heads: ClassVar[bool] = False
+    """Methods that re-train their heads after each session (``class_statistics``/``align``)."""
 
     def __init__(self, spec: MethodSpec, lora: LoRASpec) -> None:
         self.spec = spec

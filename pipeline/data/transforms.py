@@ -1,14 +1,52 @@
-"""Image normalisation resolved from the backbone, shared by the image data sets."""
+"""Image transforms and normalisation shared by the image data sets.
+
+The transforms follow the reference implementation (``utils/data.py`` of
+liangyanshuo/InfLoRA), with 224 replaced by ``data.image_size``:
+
+* training (:func:`train_transform`): ``RandomResizedCrop(image_size)`` + ``RandomHorizontalFlip()`` + ``ToTensor()``;
+* test (:func:`eval_transform`; also the validation pool): ``Resize(round(image_size * 256 / 224))``
+  + ``CenterCrop(image_size)`` + ``ToTensor()``
+  (CIFAR-100 uses ratio 1: the reference resizes its 32×32 images straight to 224);
+* then ``Normalize(mean, std)`` when a normalisation is given (``data.normalization``).
+
+Random transforms draw from torch's global generator; the pipeline's stages run
+inside a seeded :func:`torch.random.fork_rng`, so nothing is seeded here.
+
+Image data sets share one option, ``data.options.channels``: ``3`` (RGB, the
+default) or ``1`` (grayscale, PIL ``convert("L")``) for single-channel backbones.
+"""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
-from .base import Normalization
+from .base import DatasetError, Normalization
 
-__all__ = ["IMAGENET_MEAN_STD", "resolve_normalization"]
+__all__ = [
+    "IMAGENET_MEAN_STD",
+    "TEST_RESIZE_RATIO",
+    "resolve_normalization",
+    "train_transform",
+    "eval_transform",
+    "image_mode",
+    "check_options",
+    "channel_normalization",
+]
 
 IMAGENET_MEAN_STD: Normalization = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+TEST_RESIZE_RATIO = 256 / 224
+"""Test-time resize before the centre crop: ``Resize(256)`` + ``CenterCrop(224)`` scaled."""
+
+IMAGE_OPTIONS = ("channels",)
+"""``data.options`` keys every image data set accepts."""
+
+_MODES = {1: "L", 3: "RGB"}
+
+if TYPE_CHECKING:
+    from torchvision.transforms import Compose
 
 
 @functools.lru_cache(maxsize=16)
@@ -35,3 +73,97 @@ def resolve_normalization(mode: str, backbone_name: str) -> Normalization:
     if cfg is None or cfg.mean is None or cfg.std is None:
         return None
     return tuple(float(m) for m in cfg.mean), tuple(float(s) for s in cfg.std)
+
+
+def check_options(name: str, options: Mapping[str, Any], allowed: Iterable[str] = ()) -> None:
+    """Reject ``data.options`` keys that data set ``name`` does not read.
+
+    Raises:
+        DatasetError: an unknown key; the message lists the allowed ones.
+    """
+    known = sorted(set(IMAGE_OPTIONS) | set(allowed))
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise DatasetError(f"data.options: unknown key(s) {unknown} for data set {name!r}; allowed: {known}")
+
+
+def image_mode(options: Mapping[str, Any]) -> str:
+    """PIL mode for ``data.options.channels``: ``"RGB"`` (3, default) or ``"L"`` (1).
+
+    Raises:
+        DatasetError: ``channels`` is not 1 or 3.
+    """
+    channels = options.get("channels", 3)
+    if isinstance(channels, bool) or channels not in _MODES:
+        raise DatasetError(f"data.options.channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
+    return _MODES[channels]
+
+
+def channel_normalization(normalization: Normalization, channels: int) -> Normalization:
+    """Fit a per-channel ``(mean, std)`` to ``channels`` image channels.
+
+    A 3-channel normalisation applied to grayscale images uses the mean of its
+    means and of its stds (timm configs list RGB values even for backbones built
+    with ``in_chans=1``).
+
+    Raises:
+        DatasetError: the number of values fits neither 1 nor ``channels``.
+    """
+    if normalization is None:
+        return None
+    mean, std = (tuple(float(v) for v in values) for values in normalization)
+    if len(mean) != len(std):
+        raise DatasetError(f"normalisation mean {mean} and std {std} differ in length")
+    if len(mean) == channels:
+        return mean, std
+    if len(mean) == 1:
+        return mean * channels, std * channels
+    if channels == 1:
+        return (sum(mean) / len(mean),), (sum(std) / len(std),)
+    raise DatasetError(f"a {len(mean)}-channel normalisation {normalization} does not fit {channels}-channel images")
+
+
+def _transforms():
+    # torchvision costs a second to import: only image data sets pay for it.
+    from torchvision import transforms
+
+    return transforms
+
+
+def _finish(steps: list[Callable], normalization: Normalization) -> Compose:
+    T = _transforms()
+    steps.append(T.ToTensor())
+    if normalization is not None:
+        steps.append(T.Normalize(*normalization))
+    return T.Compose(steps)
+
+
+def train_transform(image_size: int, normalization: Normalization = None) -> Compose:
+    """Training transform of a PIL image: random resized crop, horizontal flip, tensor in [0, 1], normalise.
+
+    Args:
+        image_size: side of the square output.
+        normalization: ``(mean, std)`` with one value per output channel, or ``None``.
+
+    Returns:
+        A callable mapping a PIL image to a float tensor ``(C, image_size, image_size)``.
+    """
+    T = _transforms()
+    return _finish([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()], normalization)
+
+
+def eval_transform(image_size: int, normalization: Normalization = None, resize_ratio: float = TEST_RESIZE_RATIO) -> Compose:
+    """Test-time transform of a PIL image: resize the short side, centre crop, tensor in [0, 1], normalise.
+
+    Args:
+        image_size: side of the square output.
+        normalization: ``(mean, std)`` with one value per output channel, or ``None``.
+        resize_ratio: short side before the crop, as a multiple of ``image_size``
+            (256/224 by default; 1 resizes without cropping square images).
+
+    Returns:
+        A callable mapping a PIL image to a float tensor ``(C, image_size, image_size)``.
+    """
+    T = _transforms()
+    resize = max(image_size, int(round(image_size * resize_ratio)))
+    return _finish([T.Resize(resize), T.CenterCrop(image_size)], normalization)

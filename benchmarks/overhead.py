@@ -1,0 +1,151 @@
+"""Orchestration overhead: the staged Ray + MLflow pipeline vs a bare in-process loop.
+
+Both run the same demo protocol over the same ``model/`` code, as separate
+processes (interpreter start and imports included in both):
+
+(a) ``python -m pipeline.cli run CONFIG`` — stages as Ray tasks on a local
+    cluster, state written to a run directory, everything logged to MLflow (sqlite);
+(b) ``python benchmarks/overhead.py --bare CONFIG`` — one loop over sessions
+    calling the method's design / train / memory update / evaluation directly.
+
+The pairs run alternately (a b a b …) and the ratio is taken pair by pair, as
+the machine is noisy. The target is a ratio ≤ 1.10 for a workload of ≥ 60 s.
+
+Usage::
+
+    python benchmarks/overhead.py --pairs 3 --epochs 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def bare_loop(config_path: str, overrides: list[str]) -> dict:
+    """The demo protocol as one plain loop over model/ code: no Ray, no MLflow, no run directory."""
+    import torch
+
+    from model import ContinualViT, create_backbone, create_method, head_name, predict, train_session
+    from model.training import make_optimizer
+    from pipeline.config import load_config
+    from pipeline.data import load_dataset, make_loader, make_split
+    from pipeline.stages import stage_seed
+
+    cfg = load_config(config_path, overrides)
+    seed = cfg.seeds[0]
+    data = cfg.data
+    torch.set_num_threads(max(1, int(cfg.resources.cpus_per_stage)))
+    device = torch.device("cpu")
+    source = load_dataset(data)
+    split = make_split(source, data.num_tasks, seed, data.class_order, data.val_fraction, data.max_train_per_class, data.test_fraction)
+    labels = split.label_map()
+    b = cfg.backbone
+    net = ContinualViT(create_backbone(b.name, pretrained=b.pretrained, checkpoint=b.checkpoint, overrides=b.overrides), cfg.lora.blocks)
+    method = create_method(cfg.method, cfg.lora)
+    sessions = method.sessions(data.num_tasks)
+    memory = None
+    rows = []
+    for s, tasks in enumerate(sessions):
+        indices = [i for t in tasks for i in split.train[t]]
+        ordered = make_loader(source.train, indices, labels, cfg.train.batch_size)
+        g = torch.Generator().manual_seed(stage_seed(seed, s, "shuffle"))
+        shuffled = make_loader(source.train, indices, labels, cfg.train.batch_size, shuffle=True, generator=g)
+        design = method.design(net, s, ordered, memory, device, torch.Generator().manual_seed(stage_seed(seed, s, "design")))
+        heads = {head_name(t): len(split.task_classes[t]) for t in tasks}
+        params = method.begin_session(net, s, design, heads, torch.Generator().manual_seed(stage_seed(seed, s, "heads")))
+        opt, sched = make_optimizer(params, cfg.train)
+        train_session(net, params, shuffled, cfg.train, head_names=list(heads), class_offset=split.class_offset(tasks[0]),
+                      device=device, optimizer=opt, scheduler=sched)
+        if method.uses_memory:
+            memory, _ = method.update_memory(net, s, len(sessions), ordered, memory, device)
+        row = {}
+        for t in [t for ss in sessions[: s + 1] for t in ss]:
+            preds, y = predict(net, make_loader(source.test, split.test[t], labels, cfg.train.eval_batch_size), device)
+            row[t] = float((preds == y).float().mean())
+        rows.append(row)
+    return {"rows": rows}
+
+
+def timed(command: list[str], env: dict) -> float:
+    started = time.perf_counter()
+    proc = subprocess.run(command, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
+    parser.add_argument("--epochs", type=int, default=40, help="epochs per task (sets the workload length)")
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--bare", metavar="CONFIG", help=argparse.SUPPRESS)
+    parser.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.bare:
+        result = bare_loop(args.bare, args.set)
+        print(json.dumps(result))
+        return
+
+    overrides = [f"train.epochs={args.epochs}"]
+    work = Path(tempfile.mkdtemp(prefix="inflora-overhead-"))
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    # make sure the backbone checkpoint exists before timing anything
+    subprocess.run([sys.executable, "-m", "pipeline.cli", "pretrain", args.config], env=env, check=True, capture_output=True)
+    rows = []
+    try:
+        for i in range(args.pairs):
+            out = work / f"pair{i}"
+            pipeline_cmd = [
+                sys.executable, "-m", "pipeline.cli", "run", args.config, "--no-progress",
+                "--set", f"output_dir={out / 'runs'}",
+                "--set", f"tracking.uri=sqlite:///{out / 'mlflow.db'}",
+                *sum((["--set", o] for o in overrides), []),
+            ]
+            bare_cmd = [sys.executable, __file__, "--bare", args.config, *sum((["--set", o] for o in overrides), [])]
+            a = timed(pipeline_cmd, env)
+            b = timed(bare_cmd, env)
+            stage_s = sum(
+                json.loads(p.read_text())["wall_time_s"] for p in (out / "runs").rglob("*.done.json")
+            )
+            rows.append({"pair": i, "pipeline_s": a, "bare_s": b, "ratio": a / b, "stage_compute_s": stage_s})
+            print(f"pair {i}: pipeline {a:.1f} s, bare {b:.1f} s, ratio {a / b:.3f} (stages computed {stage_s:.1f} s)", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    import pandas as pd
+
+    table = pd.DataFrame(rows)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    table.to_csv(RESULTS / "overhead.csv", index=False)
+    median = statistics.median(table["ratio"])
+    lines = [
+        f"# Orchestration overhead (demo protocol, {args.epochs} epochs/task, {args.pairs} pairs)",
+        "",
+        f"Command: `python benchmarks/overhead.py --pairs {args.pairs} --epochs {args.epochs}`",
+        "",
+        table.round(3).to_markdown(index=False),
+        "",
+        f"Median ratio pipeline / bare: **{median:.3f}** (target ≤ 1.10; median bare workload {statistics.median(table['bare_s']):.0f} s).",
+    ]
+    (RESULTS / "overhead.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

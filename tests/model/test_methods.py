@@ -1,0 +1,106 @@
+"""Method registry, sessions and the interference property of InfLoRA."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from model import ContinualViT, LoRASpec, MethodSpec, TrainSpec, available_methods, create_backbone, create_method, probe_sq_norm, train_session
+from model.lora import BranchChange
+
+OVERRIDES = {"img_size": 8, "patch_size": 4, "in_chans": 1, "embed_dim": 32, "depth": 2, "num_heads": 2}
+DEVICE = torch.device("cpu")
+
+
+def test_registry_knows_the_methods_and_rejects_unknown_names():
+    assert {"inflora", "seq_lora", "joint"} <= set(available_methods())
+    with pytest.raises(ValueError, match="unknown method 'nope'; known methods"):
+        create_method(MethodSpec(name="nope"), LoRASpec())
+
+
+def test_method_spec_validation():
+    with pytest.raises(ValueError, match="method.lamb"):
+        MethodSpec(lamb=1.5)
+    with pytest.raises(ValueError, match="method.lame"):
+        MethodSpec(lame=0)
+    with pytest.raises(ValueError, match="lora.rank"):
+        LoRASpec(rank=0)
+
+
+def test_sessions():
+    assert create_method(MethodSpec(name="inflora"), LoRASpec()).sessions(3) == [[0], [1], [2]]
+    assert create_method(MethodSpec(name="joint"), LoRASpec()).sessions(3) == [[0, 1, 2]]
+    seq = create_method(MethodSpec(name="seq_lora"), LoRASpec())
+    assert {seq.branch_name(s) for s in range(3)} == {"shared"}
+
+
+def family(generator: torch.Generator, offset: int, n: int = 256, k: int = 2):
+    """A task whose images are random combinations of ``k`` fixed patterns: its
+    inputs span few directions at every layer, and another task's spans others."""
+    base = torch.randn(k, 1, 8, 8, generator=generator)
+    coef = torch.randn(n, k, generator=generator)
+    images = torch.einsum("nk,kchw->nchw", coef, base)
+    labels = (coef[:, 0] > 0).long() + offset
+    return [(images[i : i + 32], labels[i : i + 32]) for i in range(0, n, 32)]
+
+
+# The reference's energy rule keeps only the directions whose cumulative energy is
+# still *below* the threshold, so a near-1 threshold is needed to keep every
+# direction the synthetic old task uses (its spectrum has a sharp cliff).
+LAMB = 1 - 1e-6
+
+
+def run_two_tasks(method_name: str, lamb: float = LAMB):
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = ContinualViT(create_backbone("vit_tiny_patch16_224", overrides=OVERRIDES))
+    g = torch.Generator().manual_seed(1)
+    tasks = [family(g, 0), family(g, 2)]
+    method = create_method(MethodSpec(name=method_name, lamb=lamb), LoRASpec(rank=2))
+    spec = TrainSpec(lr=1e-2, epochs=5)
+    memory, features_before, memories = None, None, []
+    for s, data in enumerate(tasks):
+        if s == 1:
+            with torch.no_grad():
+                features_before = torch.cat([net.features(x) for x, _ in tasks[0]])
+        design = method.design(net, s, data, memory, DEVICE, g)
+        params = method.begin_session(net, s, design, {f"task_{s:03d}": 2}, g)
+        train_session(net, params, data, spec, head_names=[f"task_{s:03d}"], class_offset=2 * s, device=DEVICE)
+        memory, _ = method.update_memory(net, s, 2, data, memory, DEVICE)
+        memories.append({k: m.projector() for k, m in memory.items()} if memory else None)
+    with torch.no_grad():
+        features_after = torch.cat([net.features(x) for x, _ in tasks[0]])
+    return net, method, tasks, memories, features_before, features_after
+
+
+def test_inflora_new_branch_barely_touches_old_inputs():
+    net, method, tasks, memories, before, after = run_two_tasks("inflora")
+    # the designed down-projections are orthonormal (up to the scale) and orthogonal to
+    # the memory as it stood after task 0
+    for name, layer in net.lora_layers.items():
+        down = layer.branches["task_001"].down.double() / method.lora.down_scale
+        assert_close(down @ down.T, torch.eye(2, dtype=torch.float64), atol=1e-5, rtol=0)
+        assert_close(down @ memories[0][name], torch.zeros_like(down), atol=1e-5, rtol=0)
+    probes = {n: BranchChange(l.branches["task_001"], None) for n, l in net.lora_layers.items()}
+    ratio = math.sqrt(probe_sq_norm(net, probes, tasks[0], DEVICE) / probe_sq_norm(net, probes, tasks[1], DEVICE))
+    assert ratio < 0.1, ratio
+    # the old task's features hardly move (relative change)
+    assert float((after - before).norm() / before.norm()) < 0.03
+
+
+def test_seq_lora_interferes_where_inflora_does_not():
+    net, _, tasks, _, before, after = run_two_tasks("seq_lora")
+    drift = float((after - before).norm() / before.norm())
+    _, _, _, _, before_i, after_i = run_two_tasks("inflora")
+    drift_inflora = float((after_i - before_i).norm() / before_i.norm())
+    assert drift > 5 * drift_inflora, (drift, drift_inflora)
+
+
+def test_memory_that_fills_the_space_is_a_clear_error():
+    from model.subspace import SubspaceError
+
+    with pytest.raises(SubspaceError, match="larger than the 0 input dimensions left outside"):
+        run_two_tasks("inflora", lamb=1.0)

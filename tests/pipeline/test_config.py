@@ -1,0 +1,94 @@
+"""Config validation: every bad key or value is rejected with a message naming it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, apply_overrides, config_from_dict, config_to_dict, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"trian": {}}, r"unknown config key\(s\) trian in the top level"),
+        ({"train": {"lrr": 1}}, r"unknown config key\(s\) train.lrr in section train"),
+        ({"train": {"lr": -1}}, "train.lr must be a positive number"),
+        ({"train": {"optimizer": "rmsprop"}}, "train.optimizer must be one of"),
+        ({"method": {"lamb": 0}}, r"method.lamb must be a threshold in \(0, 1\]"),
+        ({"method": {"lamb": 1.2}}, r"method.lamb must be a threshold in \(0, 1\]"),
+        ({"method": {"lame": -0.1}}, "method.lame"),
+        ({"method": {"name": "foo"}}, "method.name: unknown method 'foo'; known methods"),
+        ({"backbone": {"name": "vit_nope"}}, "backbone.name: unknown timm model 'vit_nope'"),
+        ({"data": {"name": "imagenet_x"}}, "data.name: unknown data set 'imagenet_x'"),
+        ({"data": {"num_tasks": 0}}, "data.num_tasks must be >= 1"),
+        ({"data": {"val_fraction": 1.0}}, "data.val_fraction"),
+        ({"data": {"class_order": "random"}}, "data.class_order"),
+        ({"lora": {"rank": "ten"}}, "lora.rank must be an integer"),
+        ({"lora": {"rank": 0}}, "lora.rank must be an integer >= 1"),
+        ({"lora": {"blocks": "some"}}, "lora.blocks"),
+        ({"resources": {"executor": "slurm"}}, "resources.executor"),
+        ({"resources": {"gpus_per_stage": -1}}, "resources.gpus_per_stage"),
+        ({"seeds": []}, "seeds must list at least one seed"),
+        ({"seed": 1, "seeds": [1]}, "either seed or seeds"),
+        ({"backbone": {"pretrain": {"epochs": 3}}}, "backbone.pretrain needs backbone.checkpoint"),
+    ],
+)
+def test_bad_values_name_the_key(data, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(data)
+
+
+def test_defaults_are_the_paper_defaults():
+    cfg = config_from_dict({})
+    assert cfg.train.optimizer == "adam" and cfg.train.lr == 5e-4 and cfg.train.batch_size == 128
+    assert cfg.lora.rank == 10 and cfg.method.lamb == 0.95 and cfg.method.lame == 1.0
+    assert cfg.backbone.name.startswith("vit_base_patch16_224")
+
+
+def test_relative_paths_resolve_against_base_dir(tmp_path):
+    cfg = config_from_dict({"output_dir": "runs", "backbone": {"checkpoint": "ckpt/w.safetensors"}}, base_dir=tmp_path)
+    assert cfg.output_dir == str(tmp_path / "runs")
+    assert cfg.backbone.checkpoint == str(tmp_path / "ckpt" / "w.safetensors")
+
+
+def test_yaml_numbers_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 5e-4\nmethod:\n  lamb: 0.98\n")
+    cfg = load_config(path, ["lora.rank=4", "data.class_order=[1,0,2,3,4,5,6,7,8,9]"])
+    assert cfg.train.lr == 5e-4 and cfg.lora.rank == 4 and cfg.data.class_order[0] == 1
+    assert apply_overrides({"a": {"b": 1}}, ["a.c=x"]) == {"a": {"b": 1, "c": "x"}}
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        apply_overrides({}, ["nonsense"])
+
+
+def test_missing_or_broken_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_result_key_ignores_seeds_paths_and_resources():
+    a = config_from_dict({"seeds": [0], "output_dir": "/a", "resources": {"cpus_per_stage": 1}})
+    b = config_from_dict({"seeds": [1, 2], "output_dir": "/b", "resources": {"cpus_per_stage": 2}})
+    c = config_from_dict({"lora": {"rank": 4}})
+    assert a.result_key() == b.result_key() != c.result_key()
+
+
+def test_round_trip_through_dict():
+    cfg = load_config(ROOT / "configs" / "demo.yaml")
+    again = config_from_dict(config_to_dict(cfg))
+    assert again == cfg
+
+
+def test_shipped_configs_parse():
+    for path in sorted((ROOT / "configs").rglob("*.yaml")):
+        if "sweep" in path.name:
+            continue  # sweep files wrap a run config; tested in tests/sweeps
+        load_config(path)

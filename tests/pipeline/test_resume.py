@@ -1,0 +1,105 @@
+"""A run killed in any stage resumes from its last finished stage with the same result."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import tiny_config_dict
+
+from pipeline.config import config_from_dict
+from pipeline.runner import execute, make_specs
+from pipeline.state import RunDir
+
+DRIVER = Path(__file__).with_name("crash_driver.py")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_checkpoint):
+    """The uninterrupted run's accuracy matrices."""
+    tmp = tmp_path_factory.mktemp("reference")
+    cfg = config_from_dict(tiny_config_dict(tmp, tiny_checkpoint, tracking={"enabled": False}))
+    (outcome,) = execute(make_specs(cfg), progress=False)
+    results = outcome.results()
+    assert results.sessions_done == 3
+    return results
+
+
+def kill_and_resume(tmp_path: Path, checkpoint: Path, stage: str, when: str):
+    cfg_dict = tiny_config_dict(tmp_path, checkpoint)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg_dict))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, str(DRIVER), str(path), stage, when], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, f"the driver was not killed:\n{proc.stdout}\n{proc.stderr}"
+    cfg = config_from_dict(cfg_dict)
+    (spec,) = make_specs(cfg)
+    run_dir = RunDir(spec.run_dir)
+    killed_in = stage
+    assert not run_dir.file(f"{killed_in}.done.json").exists(), "the kill came after the stage finished"
+    (outcome,) = execute([spec], progress=False)
+    return outcome, run_dir
+
+
+CASES = [
+    ("split", "end"),
+    ("session_001/design", "start"),
+    ("session_001/design", "end"),
+    ("session_001/train", "start"),
+    ("session_001/train", "epoch"),
+    ("session_001/train", "end"),
+    ("session_001/update", "end"),
+    ("session_001/eval", "end"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage, when", CASES, ids=[f"{s.split('/')[-1]}-{w}" for s, w in CASES])
+def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_checkpoint, reference, stage, when):
+    outcome, run_dir = kill_and_resume(tmp_path, tiny_checkpoint, stage, when)
+    results = outcome.results()
+    np.testing.assert_array_equal(results.test.to_numpy(), reference.test.to_numpy())
+    np.testing.assert_array_equal(results.val.to_numpy(), reference.val.to_numpy())
+    assert outcome.status == "FINISHED"
+    assert not list(run_dir.path.rglob("train_checkpoint.pt*")), "epoch checkpoints are removed once the session is trained"
+    if when == "epoch":
+        events = [json.loads(line) for line in run_dir.file("events.jsonl").read_text().splitlines()]
+        starts = [e for e in events if e["stage"] == stage and e["event"] == "start"]
+        assert len(starts) == 2  # killed once, resumed once
+
+
+def test_resumed_run_reopens_its_mlflow_run_and_logs_each_stage_once(tmp_path, tiny_checkpoint):
+    from mlflow import MlflowClient
+
+    outcome, run_dir = kill_and_resume(tmp_path, tiny_checkpoint, "session_001/train", "end")
+    tracking = run_dir.read_json("tracking.json")
+    assert tracking["run_id"] == outcome.run_id
+    client = MlflowClient(tracking_uri=tracking["tracking_uri"])
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    history = client.get_metric_history(outcome.run_id, "acc/test/task_000")
+    assert sorted(m.step for m in history) == [0, 1, 2]
+    epochs = client.get_metric_history(outcome.run_id, "train/loss")
+    assert sorted(m.step for m in epochs) == list(range(9))  # 3 sessions x 3 epochs, once each
+
+
+@pytest.mark.slow
+def test_inflora_ca_killed_in_align_resumes(tmp_path, tiny_checkpoint):
+    method = {"name": "inflora_ca", "ca_epochs": 2, "ca_samples_per_class": 16}
+    ref_cfg = config_from_dict(tiny_config_dict(tmp_path / "ref", tiny_checkpoint, method=method, tracking={"enabled": False}))
+    (reference,) = execute(make_specs(ref_cfg), progress=False)
+    cfg_dict = tiny_config_dict(tmp_path, tiny_checkpoint, method=method)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg_dict))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, str(DRIVER), str(path), "session_001/align", "end"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    (outcome,) = execute(make_specs(config_from_dict(cfg_dict)), progress=False)
+    run_dir = RunDir(outcome.spec.run_dir)
+    assert (run_dir.session_dir(2) / "aligned_heads.safetensors").is_file()
+    np.testing.assert_array_equal(outcome.results().test.to_numpy(), reference.results().test.to_numpy())
