@@ -10,8 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +32,7 @@ Batches = Iterable[tuple[Tensor, Tensor]]
 
 _OPTIMIZERS = ("adam", "sgd")
 _PRECISIONS = ("fp32", "bf16")
+_SCHEDULERS = ("cosine", "multistep")
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,12 @@ class TrainSpec:
         weight_decay: L2 weight decay.
         momentum: SGD momentum.
         precision: ``"bf16"`` autocasts forward passes where the device supports it.
+        scheduler: ``"cosine"`` (Adam: the reference's ``CosineSchedule``; SGD:
+            ``CosineAnnealingLR``) or ``"multistep"`` (``MultiStepLR`` at
+            ``milestones`` by ``gamma``, the reference's DomainNet schedule).
+        head_lr: learning rate of the heads when it differs from ``lr`` (the
+            reference's ``fc_lrate`` on DomainNet).
+        compile: run the training forward through ``torch.compile``.
     """
 
     optimizer: str = "adam"
@@ -58,6 +64,11 @@ class TrainSpec:
     weight_decay: float = 0.0
     momentum: float = 0.9
     precision: str = "fp32"
+    scheduler: str = "cosine"
+    milestones: list[int] = field(default_factory=lambda: [4])
+    gamma: float = 0.1
+    head_lr: float | None = None
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.optimizer not in _OPTIMIZERS:
@@ -74,6 +85,12 @@ class TrainSpec:
             raise ValueError(f"train.momentum must be in [0, 1), got {self.momentum}")
         if self.precision not in _PRECISIONS:
             raise ValueError(f"train.precision must be one of {list(_PRECISIONS)}, got {self.precision!r}")
+        if self.scheduler not in _SCHEDULERS:
+            raise ValueError(f"train.scheduler must be one of {list(_SCHEDULERS)}, got {self.scheduler!r}")
+        if not 0 < self.gamma <= 1 or any(m < 1 for m in self.milestones):
+            raise ValueError("train.gamma must be in (0, 1] and train.milestones positive epochs")
+        if self.head_lr is not None and not self.head_lr > 0:
+            raise ValueError(f"train.head_lr must be > 0 or null, got {self.head_lr}")
 
 
 def reference_cosine(epochs: int) -> Callable[[int], float]:
@@ -84,16 +101,32 @@ def reference_cosine(epochs: int) -> Callable[[int], float]:
 
 
 def make_optimizer(
-    params: list[nn.Parameter], spec: TrainSpec
+    params: list[nn.Parameter], spec: TrainSpec, head_params: Iterable[nn.Parameter] = ()
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """Optimizer and per-epoch scheduler as the reference code builds them."""
+    """Optimizer and per-epoch scheduler as the reference code builds them.
+
+    Args:
+        params: every trainable parameter.
+        spec: optimiser settings.
+        head_params: the subset of ``params`` that gets ``spec.head_lr`` (when set).
+    """
     if not params:
         raise ValueError("nothing to train: the method returned no trainable parameter")
+    groups: list[dict] = [{"params": params}]
+    if spec.head_lr is not None:
+        heads = {id(p) for p in head_params}
+        groups = [g for g in ({"params": [p for p in params if id(p) not in heads]},
+                              {"params": [p for p in params if id(p) in heads], "lr": spec.head_lr}) if g["params"]]
     if spec.optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.999))
-        sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.LambdaLR(opt, reference_cosine(spec.epochs))
+        opt: torch.optim.Optimizer = torch.optim.Adam(groups, lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.999))
     else:
-        opt = torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+        opt = torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    sched: torch.optim.lr_scheduler.LRScheduler
+    if spec.scheduler == "multistep":
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(spec.milestones), gamma=spec.gamma)
+    elif spec.optimizer == "adam":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, reference_cosine(spec.epochs))
+    else:
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=spec.epochs)
     return opt, sched
 
@@ -139,6 +172,7 @@ def train_session(
     if optimizer is None or scheduler is None:
         optimizer, scheduler = make_optimizer(params, spec)
     net.eval()
+    forward = torch.compile(net) if spec.compile else net
     losses: list[float] = []
     for epoch in range(start_epoch, spec.epochs):
         total_loss, total_correct, total_seen = 0.0, 0, 0
@@ -146,7 +180,7 @@ def train_session(
             images = images.to(device, non_blocking=True)
             targets = labels.to(device, non_blocking=True) - class_offset
             with autocast_context(device, spec.precision):
-                logits = net(images, head_names)
+                logits = forward(images, head_names)
             loss = F.cross_entropy(logits.float(), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

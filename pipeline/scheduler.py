@@ -94,7 +94,14 @@ def init_ray(num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     address = os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except (ConnectionError, RuntimeError) as exc:
+            raise ConnectionError(
+                f"cannot connect to the Ray cluster at RAY_ADDRESS={address}: {exc}. A cluster with token "
+                "authentication needs RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH) "
+                "here; a driver outside the cluster's nodes needs a local raylet (ray start --address=... --num-cpus=0)"
+            ) from exc
         _logger.info("connected to the Ray cluster at %s", address)
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True)

@@ -242,7 +242,8 @@ def train_stage(ctx: StageContext, session: int) -> dict[str, Any]:
     tasks = ctx.session_tasks(session)
     heads = [head_name(t) for t in tasks]
     shuffle = _generator(ctx.seed, session, "shuffle")
-    optimizer, scheduler = make_optimizer(params, spec)
+    head_params = [p for h in heads for p in net.heads.heads[h].parameters()]
+    optimizer, scheduler = make_optimizer(params, spec, head_params)
     checkpoint = rd.file(f"session_{session:03d}/train_checkpoint.pt")
     history: list[dict[str, float]] = []
     start_epoch = 0

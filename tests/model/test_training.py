@@ -1,0 +1,51 @@
+"""Optimiser, schedules and the training loop."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from model.training import TrainSpec, make_optimizer, reference_cosine
+
+
+def test_reference_cosine_schedule():
+    f = reference_cosine(20)
+    assert f(0) == 1.0
+    assert f(19) == pytest.approx(math.cos(99 * math.pi / 200))
+    assert reference_cosine(1)(0) == 1.0
+
+
+def test_adam_uses_reference_cosine_and_sgd_cosine_annealing():
+    p = [nn.Parameter(torch.zeros(2))]
+    opt, sched = make_optimizer(p, TrainSpec(optimizer="adam", lr=1.0, epochs=3))
+    assert isinstance(opt, torch.optim.Adam)
+    lrs = []
+    for _ in range(3):
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step()
+    assert lrs == pytest.approx([1.0, math.cos(99 * math.pi / 400), math.cos(99 * math.pi / 200)])
+    opt, sched = make_optimizer(p, TrainSpec(optimizer="sgd", lr=1.0, epochs=4))
+    assert isinstance(opt, torch.optim.SGD) and isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR)
+
+
+def test_multistep_and_head_lr():
+    body, head = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2))
+    spec = TrainSpec(optimizer="sgd", lr=5e-3, epochs=5, scheduler="multistep", milestones=[4], gamma=0.1, head_lr=0.01)
+    opt, sched = make_optimizer([body, head], spec, head_params=[head])
+    assert [g["lr"] for g in opt.param_groups] == [5e-3, 0.01]
+    assert opt.param_groups[1]["params"] == [head]
+    for _ in range(4):
+        sched.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([5e-4, 1e-3])
+
+
+def test_train_spec_validation():
+    with pytest.raises(ValueError, match="train.scheduler"):
+        TrainSpec(scheduler="step")
+    with pytest.raises(ValueError, match="train.head_lr"):
+        TrainSpec(head_lr=0)
+    with pytest.raises(ValueError, match="train.precision"):
+        TrainSpec(precision="fp16")
