@@ -37,7 +37,8 @@ def bare_loop(config_path: str, overrides: list[str]) -> dict:
     """The demo protocol as one plain loop over model/ code: no Ray, no MLflow, no run directory."""
     import torch
 
-    from model import ContinualViT, create_backbone, create_method, head_name, predict, train_session
+    from model import ContinualViT, create_backbone, create_method, head_name, predict, probe_sq_norm, train_session
+    from model.lora import BranchChange
     from model.training import make_optimizer
     from pipeline.config import load_config
     from pipeline.data import load_dataset, make_loader, make_split
@@ -70,10 +71,17 @@ def bare_loop(config_path: str, overrides: list[str]) -> dict:
                       device=device, optimizer=opt, scheduler=sched)
         if method.uses_memory:
             memory, _ = method.update_memory(net, s, len(sessions), ordered, memory, device)
+        # the same evaluation work as the eval stage: test and validation accuracy of every
+        # seen task, and the interference probe of the session's branch
         row = {}
         for t in [t for ss in sessions[: s + 1] for t in ss]:
             preds, y = predict(net, make_loader(source.test, split.test[t], labels, cfg.train.eval_batch_size), device)
             row[t] = float((preds == y).float().mean())
+            predict(net, make_loader(source.measure_pool, split.val[t], labels, cfg.train.eval_batch_size), device)
+        if s > 0 and method.name == "inflora":
+            probes = {n: BranchChange(layer.branches[method.branch_name(s)], None) for n, layer in net.lora_layers.items()}
+            for t in [t for ss in sessions[: s + 1] for t in ss]:
+                probe_sq_norm(net, probes, make_loader(source.test, split.test[t], labels, cfg.train.eval_batch_size), device)
         rows.append(row)
     return {"rows": rows}
 

@@ -70,6 +70,10 @@ def main() -> None:
     forget_gap = mean.loc["seq_lora", "forgetting"] - mean.loc["inflora", "forgetting"]
     forget_spread = std.loc["inflora", "forgetting"] + std.loc["seq_lora", "forgetting"]
     verdict = "MET" if final_gap > final_spread and forget_gap > forget_spread else "MISSED"
+    # Paired view: the same seed gives both methods the same class order and split.
+    per_seed = values.assign(seed=runs["seed"]).pivot_table(index="seed", columns="method")
+    paired_final = per_seed[("final_acc_task_mean", "inflora")] - per_seed[("final_acc_task_mean", "seq_lora")]
+    paired_forget = per_seed[("forgetting", "seq_lora")] - per_seed[("forgetting", "inflora")]
 
     cfg = specs[0].config
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -92,7 +96,13 @@ def main() -> None:
         table.to_markdown(),
         "",
         f"InfLoRA − seq_lora final accuracy: {final_gap:+.2f} (seed spread {final_spread:.2f}); "
-        f"forgetting reduction: {forget_gap:+.2f} (spread {forget_spread:.2f}) → criterion **{verdict}**.",
+        f"forgetting reduction: {forget_gap:+.2f} (spread {forget_spread:.2f}) → criterion **{verdict}** "
+        "(gap larger than the sum of the two methods' standard deviations over seeds).",
+        "",
+        f"Paired by seed (same class order and split for both methods): final accuracy gain "
+        f"{paired_final.mean():+.2f} ± {paired_final.std(ddof=1):.2f} (per seed: {', '.join(f'{v:+.1f}' for v in paired_final)}); "
+        f"forgetting reduction {paired_forget.mean():+.2f} ± {paired_forget.std(ddof=1):.2f} "
+        f"(per seed: {', '.join(f'{v:+.1f}' for v in paired_forget)}).",
     ]
     (RESULTS / f"{args.tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -115,7 +115,11 @@ def _load_checkpoint(model: nn.Module, path: Path) -> None:
         return
     state = load_state_dict_file(path)
     state = {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIXES)}
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatch: weights of another architecture
+        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc)[:300])
+        raise BackboneError(f"checkpoint {path} does not match the backbone (check backbone.name/overrides): {first}") from None
     missing = [k for k in result.missing_keys if not k.startswith(_HEAD_PREFIXES)]
     if missing or result.unexpected_keys:
         raise BackboneError(

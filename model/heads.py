@@ -24,19 +24,25 @@ class TaskHeads(nn.Module):
         super().__init__()
         self.in_features = in_features
         self.heads = nn.ModuleDict()
+        # Follows .to(device) even before the first head exists.
+        self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
 
     def add(self, name: str, num_classes: int, generator: torch.Generator | None = None) -> nn.Linear:
-        """Add a head with PyTorch's default ``nn.Linear`` init drawn from ``generator``."""
+        """Add a head with PyTorch's default ``nn.Linear`` init drawn from ``generator``.
+
+        The head is initialised on the CPU (the generator is a CPU one, and the
+        values are then the same on every device) and moved to the heads' device.
+        """
         if name in self.heads:
             raise KeyError(f"head {name!r} already exists")
         if num_classes < 1:
             raise ValueError(f"a head needs at least one class, got {num_classes}")
-        device = next(self.parameters(), torch.empty(0)).device
-        head = nn.Linear(self.in_features, num_classes, device=device)
+        head = nn.Linear(self.in_features, num_classes)
         bound = 1.0 / math.sqrt(self.in_features)
         with torch.no_grad():
             nn.init.kaiming_uniform_(head.weight, a=math.sqrt(5), generator=generator)
             nn.init.uniform_(head.bias, -bound, bound, generator=generator)
+        head = head.to(self._device_anchor.device)
         self.heads[name] = head
         return head
 

@@ -59,6 +59,10 @@ class LoRABranch(nn.Module):
     def rank(self) -> int:
         return self.down.shape[0]
 
+    @property
+    def is_trainable(self) -> bool:
+        return any(p.requires_grad for p in self.parameters())
+
     def set_trainable(self, trainable: bool) -> None:
         """Train ``up`` (and ``down`` when ``train_down``); freeze everything otherwise."""
         self.up_k.requires_grad_(trainable)
@@ -86,7 +90,7 @@ class InfLoRAQKV(nn.Module):
         super().__init__()
         if not isinstance(base_layer, nn.Linear) or base_layer.out_features % 3:
             raise TypeError("InfLoRAQKV wraps a fused qkv nn.Linear whose out_features is 3 × attn_dim")
-        self.base_layer = base_layer
+        self.base_layer = base_layer.requires_grad_(False)  # pretrained weights never train
         self.in_features = base_layer.in_features
         self.attn_dim = base_layer.out_features // 3
         self.branches = nn.ModuleDict()
@@ -96,6 +100,7 @@ class InfLoRAQKV(nn.Module):
         # Held in a list so that it is not registered as a submodule: a probe is a
         # temporary branch that is measured, never applied nor saved.
         self._probe: list[nn.Module] = []
+        self._frozen_cache: tuple[tuple, Tensor] | None = None
         self.register_buffer("probe_sq_norm", torch.zeros((), dtype=torch.float64), persistent=False)
         self.register_buffer("probe_count", torch.zeros((), dtype=torch.float64), persistent=False)
 
@@ -121,15 +126,44 @@ class InfLoRAQKV(nn.Module):
             self._accumulate_covariance(x)
         if self._probe:
             self._accumulate_probe(x)
-        out = self.base_layer(x)
-        if not len(self.branches):
+        branches: list[LoRABranch] = list(self.branches.values())  # type: ignore[arg-type]
+        frozen = [b for b in branches if not b.is_trainable]
+        live = [b for b in branches if b.is_trainable]
+        if frozen and not self.base_layer.weight.requires_grad:
+            # Frozen branches cost one dense matmul, however many tasks came before.
+            out = F.linear(x, self._frozen_weight(frozen), self.base_layer.bias)
+        else:
+            out = self.base_layer(x)
+            live = branches
+        if not live:
             return out
-        delta_k, delta_v = self._branch_sum(x)
+        delta_k, delta_v = self._branch_sum(live, x)
         q, k, v = out.split(self.attn_dim, dim=-1)
         return torch.cat([q, k + delta_k, v + delta_v], dim=-1)
 
-    def _branch_sum(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        branches: list[LoRABranch] = list(self.branches.values())  # type: ignore[arg-type]
+    @torch.no_grad()
+    def _frozen_weight(self, frozen: list[LoRABranch]) -> Tensor:
+        """``W + [0; Σ up_k·down; Σ up_v·down]`` over the frozen branches, cached.
+
+        A separate cached tensor rather than a merge into ``base_layer.weight``:
+        the base weight is never modified, so nothing has to be unmerged. The
+        cache is rebuilt whenever a source tensor changes (in-place version,
+        storage, dtype or device), e.g. after ``load_state_dict``.
+        """
+        sources = [self.base_layer.weight] + [t for b in frozen for t in (b.down, b.up_k, b.up_v)]
+        key = tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device) for t in sources)
+        if self._frozen_cache is not None and self._frozen_cache[0] == key:
+            return self._frozen_cache[1]
+        down = torch.cat([b.down for b in frozen], dim=0)
+        weight = self.base_layer.weight.detach().clone()
+        weight[self.attn_dim : 2 * self.attn_dim] += torch.cat([b.up_k for b in frozen], dim=1) @ down
+        weight[2 * self.attn_dim :] += torch.cat([b.up_v for b in frozen], dim=1) @ down
+        if not torch.isfinite(weight).all():
+            raise FloatingPointError("a frozen LoRA branch holds NaN or Inf values")
+        self._frozen_cache = (key, weight)
+        return weight
+
+    def _branch_sum(self, branches: list[LoRABranch], x: Tensor) -> tuple[Tensor, Tensor]:
         if len(branches) == 1:
             return branches[0].delta(x)
         # One matmul through all branches: concat downs (R × d) and ups (d × R).

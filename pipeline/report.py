@@ -25,6 +25,8 @@ _METRICS = {
     "avg_acc_weighted": "metrics.final/avg_acc_sample_weighted",
     "forgetting": "metrics.final/forgetting",
     "bwt": "metrics.final/bwt",
+    "val_final_acc": "metrics.final/val_final_acc_task_mean",
+    "val_avg_acc": "metrics.final/val_avg_acc_task_mean",
 }
 
 

@@ -138,3 +138,64 @@ def tiny_method_net():
     method.begin_session(net, 0, Design(downs), {"task_000": 2}, g)
     params = method.begin_session(net, 1, Design(dict(downs)), {"task_001": 2}, g)
     return net, params
+
+
+def reference_output(layer: InfLoRAQKV, x: torch.Tensor) -> torch.Tensor:
+    """The definition: base output plus every branch's up(down x) on the k and v rows."""
+    out = layer.base_layer(x).clone()
+    d = layer.attn_dim
+    for branch in layer.branches.values():
+        out[..., d : 2 * d] = out[..., d : 2 * d] + x @ branch.down.T @ branch.up_k.T
+        out[..., 2 * d :] = out[..., 2 * d :] + x @ branch.down.T @ branch.up_v.T
+    return out
+
+
+def test_cached_frozen_weight_follows_every_change():
+    layer = InfLoRAQKV(nn.Linear(8, 24))
+    frozen = [layer.add_branch(f"task_{i:03d}", orthonormal_rows(2, 8, i)) for i in range(2)]
+    x = torch.randn(3, 8)
+    for b in frozen:
+        with torch.no_grad():
+            b.up_k.normal_()
+            b.up_v.normal_()
+    assert_close(layer(x), reference_output(layer, x))
+    cached = layer._frozen_cache[1]
+    assert_close(layer(x), reference_output(layer, x))
+    assert layer._frozen_cache[1] is cached  # reused while nothing changed
+    with torch.no_grad():
+        frozen[0].up_v.mul_(3)  # in-place change
+    assert_close(layer(x), reference_output(layer, x))
+    frozen[1].load_state_dict({k: torch.randn_like(v) for k, v in frozen[1].state_dict().items()})
+    assert_close(layer(x), reference_output(layer, x))
+    with torch.no_grad():
+        frozen[0].up_k.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="NaN"):
+        layer(x)
+
+
+def test_gradients_reach_only_the_trainable_branch_and_match_the_definition():
+    layer = InfLoRAQKV(nn.Linear(8, 24))
+    layer.requires_grad_(False)
+    old = layer.add_branch("task_000", orthonormal_rows(2, 8, 0))
+    with torch.no_grad():
+        old.up_k.normal_()
+        old.up_v.normal_()
+    new = layer.add_branch("task_001", orthonormal_rows(2, 8, 1))
+    new.set_trainable(True)
+    with torch.no_grad():
+        new.up_k.normal_()
+    x = torch.randn(5, 8)
+    layer(x).pow(2).sum().backward()
+    merged_grad = new.up_k.grad.clone()
+    new.up_k.grad = None
+    reference_output(layer, x).pow(2).sum().backward()
+    assert_close(merged_grad, new.up_k.grad)
+    assert old.up_k.grad is None and old.down.grad is None and layer.base_layer.weight.grad is None
+
+
+def test_heads_follow_the_network_device():
+    net = tiny_net()
+    net.heads.add("task_000", 2, generator=torch.Generator().manual_seed(0))
+    net.to("meta")
+    second = net.heads.add("task_001", 2, generator=torch.Generator().manual_seed(0))
+    assert second.weight.device.type == "meta" and net.heads.heads["task_000"].weight.device.type == "meta"
