@@ -91,9 +91,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if args.sweep:
+        from sweeps.cli import print_mlflow_sweep
+
+        return print_mlflow_sweep(args.sweep, tracking_uri=args.tracking_uri, experiment=args.experiment)
     from .report import runs_table, summary_table
 
-    table = runs_table(args.experiment, tracking_uri=args.tracking_uri, sweep=args.sweep)
+    table = runs_table(args.experiment, tracking_uri=args.tracking_uri)
     if table.empty:
         print("no finished runs found")
         return 1
@@ -156,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="table of finished runs from MLflow (mean ± std over seeds)")
     rep.add_argument("--experiment", default=None, help="MLflow experiment name (default: every experiment)")
     rep.add_argument("--tracking-uri", default=None)
-    rep.add_argument("--sweep", default=None, help="only the trials of this sweep (parent run name or id)")
+    rep.add_argument("--sweep", default=None, help="a sweep's best configuration, its validation and test numbers, a re-run command (parent run name or id)")
     rep.add_argument("--runs", action="store_true", help="also list every run")
     rep.add_argument("--no-paper", action="store_true", help="hide the paper's figures")
     rep.add_argument("--csv", default=None, help="write the per-run table to this CSV")

@@ -36,6 +36,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "apply_overrides",
+    "build_section",
 ]
 
 
@@ -323,6 +324,10 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         if prefix and not msg.startswith(prefix.rstrip(".")) and prefix.rstrip(".") not in msg.split(" ")[0]:
             msg = f"{prefix.rstrip('.')}: {msg}"
         raise ConfigError(msg) from exc
+
+
+build_section = _build
+"""Validate a mapping into a config dataclass (``build_section(cls, data, "prefix.")``)."""
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:

@@ -75,6 +75,16 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    """Artifacts of a sqlite store go next to its database file (``mlartifacts/``),
+    not to ``./mlruns`` of whatever directory the command ran in; servers decide themselves."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///"):])
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment)
+    return (db.parent / "mlartifacts" / safe).resolve().as_uri()
+
+
 def _metric_batch(values: Mapping[str, float], step: int, timestamp: int) -> list:
     from mlflow.entities import Metric
 
@@ -93,16 +103,17 @@ class Tracker:
         experiment: overrides ``cfg.experiment``.
     """
 
-    def __init__(self, cfg: TrackingConfig, experiment: str | None = None) -> None:
+    def __init__(self, cfg: TrackingConfig, experiment: str | None = None, *, figures_every_stage: bool = True) -> None:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         from mlflow import MlflowClient
 
         self.uri = resolve_tracking_uri(cfg)
         self.cfg = cfg
+        self.figures_every_stage = figures_every_stage
         self.client = MlflowClient(tracking_uri=self.uri)
         name = experiment or cfg.experiment
         found = self.client.get_experiment_by_name(name)
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(name)
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(name, _artifact_location(self.uri, name))
         self.experiment_name = name
 
     # ------------------------------------------------------------------ runs
@@ -191,7 +202,8 @@ class Tracker:
                 metrics += _metric_batch({"train/final_loss": info["epochs"][-1]["loss"]}, s, now)
         elif key.stage == "eval":
             metrics += self._eval_metrics(run_dir, info, s, sessions, now)
-            self._log_matrix_artifacts(run_id, run_dir, spec, sessions, upto=s)
+            if self.figures_every_stage or s == len(sessions) - 1:
+                self._log_matrix_artifacts(run_id, run_dir, spec, sessions, upto=s)
         for i in range(0, len(metrics), _MAX_METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=metrics[i : i + _MAX_METRICS_PER_BATCH])
         self._mark_logged(run_dir, key)
