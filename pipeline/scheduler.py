@@ -107,8 +107,18 @@ def init_ray(num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True)
 
 
+def _warm_up() -> None:
+    """Import the stage code (torch, timm, the model) in a worker process."""
+    import pipeline.stages  # noqa: F401
+
+
 class RayExecutor:
-    """Submits every stage as a Ray task with the resources of ``ResourcesConfig``."""
+    """Submits every stage as a Ray task with the resources of ``ResourcesConfig``.
+
+    Starting Ray also starts one warm-up task per CPU, so that the worker
+    processes import torch and timm while the driver is still opening its MLflow
+    runs, instead of when the first stage arrives.
+    """
 
     def __init__(self, resources: ResourcesConfig) -> None:
         import ray
@@ -116,6 +126,8 @@ class RayExecutor:
         init_ray(resources.num_cpus)
         self._ray = ray
         self._remote = ray.remote(run_stage)
+        cpus = int(ray.available_resources().get("CPU", 1))
+        self._warm = [ray.remote(_warm_up).options(num_cpus=1).remote() for _ in range(max(1, min(cpus, 8)))]
 
     def submit(self, spec: RunSpec, key: StageKey, upstream: Sequence[Any]) -> Any:
         res = spec.config.resources
