@@ -37,6 +37,7 @@ __all__ = [
     "config_to_dict",
     "apply_overrides",
     "build_section",
+    "read_yaml_mapping",
 ]
 
 
@@ -352,18 +353,23 @@ def config_from_dict(data: Mapping[str, Any], base_dir: str | os.PathLike[str] |
     return _build(RunConfig, plain, "")
 
 
-def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML run config, apply ``key.sub=value`` overrides, validate."""
+def read_yaml_mapping(path: str | os.PathLike[str], what: str = "config file") -> dict[str, Any]:
+    """The mapping in a YAML file, or a :class:`ConfigError` saying what is wrong with it."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{what} not found: {path}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    data = apply_overrides(data, overrides or [])
+        raise ConfigError(f"{what} {path} must hold a mapping at the top level")
+    return data
+
+
+def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run config, apply ``key.sub=value`` overrides, validate."""
+    data = apply_overrides(read_yaml_mapping(path), overrides or [])
     return config_from_dict(data)
 
 

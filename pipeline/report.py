@@ -31,15 +31,18 @@ _METRICS = {
 
 
 def runs_table(experiment: str | None = None, tracking_uri: str | None = None, sweep: str | None = None) -> pd.DataFrame:
-    """One row per finished run: config name, method, seed and the final metrics."""
+    """One row per finished run: config name, method, seed and the final metrics.
+
+    Uses an explicit :class:`mlflow.MlflowClient`: ``mlflow.set_tracking_uri`` would
+    change the process-wide (and child-process) tracking URI as a side effect.
+    """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    import mlflow
+    from mlflow import MlflowClient
 
     from .config import TrackingConfig
     from .tracking import resolve_tracking_uri
 
-    mlflow.set_tracking_uri(tracking_uri or resolve_tracking_uri(TrackingConfig()))
-    client = mlflow.MlflowClient()
+    client = MlflowClient(tracking_uri=tracking_uri or resolve_tracking_uri(TrackingConfig()))
     if experiment:
         found = client.get_experiment_by_name(experiment)
         if found is None:
@@ -51,21 +54,25 @@ def runs_table(experiment: str | None = None, tracking_uri: str | None = None, s
     if sweep:
         parent = _find_parent(client, experiment_ids, sweep)
         filters.append(f"tags.mlflow.parentRunId = '{parent}'")
-    frame = mlflow.search_runs(experiment_ids=experiment_ids, filter_string=" and ".join(filters), output_format="pandas")
-    if frame.empty or "tags.method" not in frame:
+    rows, token = [], None
+    while experiment_ids:
+        page = client.search_runs(experiment_ids, " and ".join(filters), max_results=1000, page_token=token)
+        for run in page:
+            tags, metrics = run.data.tags, run.data.metrics
+            if "method" not in tags:
+                continue
+            row = {"config": tags.get("config_name"), "method": tags["method"], "seed": int(tags.get("seed", -1)),
+                   "run_id": run.info.run_id}
+            for name, key in _METRICS.items():
+                value = metrics.get(key.removeprefix("metrics."))
+                row[name] = value * 100 if value is not None else float("nan")
+            rows.append(row)
+        token = page.token
+        if not token:
+            break
+    if not rows:
         return pd.DataFrame()
-    frame = frame[frame["tags.method"].notna()]
-    out = pd.DataFrame(
-        {
-            "config": frame["tags.config_name"],
-            "method": frame["tags.method"],
-            "seed": pd.to_numeric(frame["tags.seed"]),
-            "run_id": frame["run_id"],
-        }
-    )
-    for name, column in _METRICS.items():
-        out[name] = frame[column] * 100 if column in frame else float("nan")
-    return out.sort_values(["config", "method", "seed"]).reset_index(drop=True)
+    return pd.DataFrame(rows).sort_values(["config", "method", "seed"]).reset_index(drop=True)
 
 
 def _find_parent(client, experiment_ids: list[str], sweep: str) -> str:

@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from pipeline.config import (
     ConfigError,
     RunConfig,
     build_section,
+    read_yaml_mapping,
     apply_overrides,
     config_from_dict,
     config_to_dict,
@@ -315,24 +315,12 @@ def load_sweep(path: str | os.PathLike[str], overrides: list[str] | None = None)
     path = Path(path)
     if path.is_dir():
         path = path / SWEEP_FILE
-    if not path.is_file():
-        raise ConfigError(f"sweep file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"sweep file {path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"sweep file {path} must hold a mapping at the top level")
+    data = read_yaml_mapping(path, "sweep file")
     base_file = data.pop("base", None)
     if base_file is not None:
         if not isinstance(base_file, str):
             raise ConfigError(f"base must be the path of a run config, got {base_file!r}")
         base_path = Path(base_file) if Path(base_file).is_absolute() else path.parent / base_file
-        if not base_path.is_file():
-            raise ConfigError(f"base: run config not found: {base_path}")
-        base_data = yaml.safe_load(base_path.read_text()) or {}
-        if not isinstance(base_data, dict):
-            raise ConfigError(f"base: {base_path} must hold a mapping at the top level")
-        data = _deep_merge(base_data, data)
+        data = _deep_merge(read_yaml_mapping(base_path, "base: run config"), data)
     data = apply_overrides(data, overrides or [])
     return sweep_from_dict(data)

@@ -71,6 +71,3 @@ def search_history(table: pd.DataFrame, title: str) -> Figure:
     fig.tight_layout()
     return fig
 
-
-def close(fig: Figure) -> None:
-    plt.close(fig)

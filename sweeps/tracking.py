@@ -171,7 +171,9 @@ class SweepTracker:
 
     def log_summary(self, summary: SweepSummary) -> None:
         """Trials table, plots and the best configuration into the parent run."""
-        from .plots import close, objective_scatter, search_history
+        from pipeline.plots import close
+
+        from .plots import objective_scatter, search_history
 
         run_id = self.parent_run_id
         if run_id is None:

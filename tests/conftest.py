@@ -68,3 +68,21 @@ def tiny_config(tmp_path, tiny_checkpoint):
         return config_from_dict(tiny_config_dict(tmp_path, tiny_checkpoint, **sections))
 
     return make
+
+
+_PROCESS_WIDE = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "RAY_ADDRESS")
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_process_settings():
+    """Fail a test that leaves tracking or cluster settings in the environment: later
+    tests would silently log to its MLflow store or connect to its cluster."""
+    before = {k: os.environ.get(k) for k in _PROCESS_WIDE}
+    yield
+    leaked = {k: os.environ.get(k) for k in _PROCESS_WIDE if os.environ.get(k) != before[k]}
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    assert not leaked, f"the test changed process-wide settings: {leaked}"

@@ -25,6 +25,7 @@ def test_adam_uses_reference_cosine_and_sgd_cosine_annealing():
     lrs = []
     for _ in range(3):
         lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
         sched.step()
     assert lrs == pytest.approx([1.0, math.cos(99 * math.pi / 400), math.cos(99 * math.pi / 200)])
     opt, sched = make_optimizer(p, TrainSpec(optimizer="sgd", lr=1.0, epochs=4))
@@ -38,6 +39,7 @@ def test_multistep_and_head_lr():
     assert [g["lr"] for g in opt.param_groups] == [5e-3, 0.01]
     assert opt.param_groups[1]["params"] == [head]
     for _ in range(4):
+        opt.step()
         sched.step()
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([5e-4, 1e-3])
 
