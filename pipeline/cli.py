@@ -118,9 +118,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if uri.startswith("http"):
         print(f"the tracking URI is a server already: open {uri}")
         return 0
-    cmd = ["mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
-    print(f"MLflow UI on http://{args.host}:{args.port}  ({' '.join(shlex.quote(c) for c in cmd)})")
-    os.execvp(cmd[0], cmd)
+    # the mlflow of this interpreter, whether or not its bin/ is on PATH
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    print(f"MLflow UI on http://{args.host}:{args.port}  ({' '.join(shlex.quote(c) for c in cmd)})", flush=True)
+    os.execv(cmd[0], cmd)
     return 0  # pragma: no cover
 
 

@@ -102,3 +102,41 @@ def test_split_is_a_pure_function_of_the_seed():
     for t in range(5):
         assert not set(a.train[t]) & set(a.val[t])
         assert sorted(a.task_classes[t]) == sorted(a.class_order[2 * t : 2 * t + 2])
+
+
+@pytest.mark.server
+def test_ui_serves_the_store_on_localhost(tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "ui", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--port", str(port)],
+        env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+                time.sleep(0.5)
+        else:
+            pytest.fail("the MLflow UI did not come up")
+        listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
+        local_addresses = {line.split()[3] for line in listening.splitlines() if line.strip()}
+        assert local_addresses == {f"127.0.0.1:{port}"}, listening
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
