@@ -168,6 +168,17 @@ class StageContext:
             pin_memory=self.device.type == "cuda",
         )
 
+    def measure_loader(self, tasks: list[int]):
+        """Training samples of ``tasks`` with test-time transforms, in order (statistics passes)."""
+        return make_loader(
+            self.source.measure_pool,
+            self._indices(tasks, "train"),
+            self.split.label_map(),
+            self.cfg.train.eval_batch_size,
+            num_workers=self.cfg.data.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+
     def eval_loader(self, task: int, part: str):
         from_test_pool = part == "test" and not self.split.test_from_train
         pool = self.source.test if from_test_pool else self.source.measure_pool
@@ -305,15 +316,7 @@ def update_stage(ctx: StageContext, session: int) -> dict[str, Any]:
 
 def align_stage(ctx: StageContext, session: int) -> dict[str, Any]:
     net = ctx.build_net(session + 1)
-    tasks = ctx.session_tasks(session)
-    loader = make_loader(
-        ctx.source.measure_pool,
-        ctx._indices(tasks, "train"),
-        ctx.split.label_map(),
-        ctx.cfg.train.eval_batch_size,
-        num_workers=ctx.cfg.data.num_workers,
-    )
-    stats = ctx.method.class_statistics(net, loader, ctx.device)
+    stats = ctx.method.class_statistics(net, ctx.measure_loader(ctx.session_tasks(session)), ctx.device)
     ctx.run_dir.save_tensors(
         f"session_{session:03d}/class_stats.safetensors",
         {f"{kind}/{label}": value[i] for label, value in stats.items() for i, kind in enumerate(("mean", "cov"))},

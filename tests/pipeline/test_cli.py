@@ -140,3 +140,21 @@ def test_ui_serves_the_store_on_localhost(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
+
+
+def test_b5_variant_wraps_the_first_blocks_with_plain_gpm(tmp_path, tiny_checkpoint):
+    """InfLoRA-b5 as options: branches in the first blocks only, GPM memory (no complement)."""
+    from pipeline.state import RunDir
+    from safetensors.torch import load_file
+
+    cfg = config_from_dict(
+        tiny_config_dict(tmp_path, tiny_checkpoint, lora={"blocks": 1}, method={"dual_memory": False, "lamb": 0.999},
+                         data={"num_tasks": 2}, tracking={"enabled": False})
+    )
+    (outcome,) = execute(make_specs(cfg), progress=False)
+    run_dir = RunDir(outcome.spec.run_dir)
+    adapter = load_file(str(run_dir.session_dir(1) / "adapter.safetensors"))
+    assert {k.split(".")[2] for k in adapter if k.startswith("lora.")} == {"0"}  # lora.blocks.<i>...
+    memory = load_file(str(run_dir.session_dir(1) / "memory.safetensors"))
+    assert set(memory) == {"blocks.0.attn.qkv/basis", "blocks.0.attn.qkv/complement", "blocks.0.attn.qkv/dual"}
+    assert int(memory["blocks.0.attn.qkv/dual"]) == 0 and int(memory["blocks.0.attn.qkv/complement"]) == 0
