@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, BackboneError, DatasetError, SubspaceError, RunStateError, RunFailed, FileNotFoundError) as exc:
+    except (ConfigError, BackboneError, DatasetError, SubspaceError, RunStateError, RunFailed, FileNotFoundError, LookupError) as exc:
         print(f"inflora: error: {exc}", file=sys.stderr)
         return 2
 

@@ -6,7 +6,7 @@ import os
 
 import pandas as pd
 
-__all__ = ["PAPER_RESULTS", "runs_table", "summary_table"]
+__all__ = ["PAPER_RESULTS", "open_store", "runs_table", "summary_table"]
 
 # Liang & Li, CVPR 2024, Tables 1-3 (InfLoRA, ViT-B/16 in21k): final and average
 # accuracy in %, mean ± std over 5 seeds. Keyed by the ``name`` of the configs in configs/.
@@ -30,11 +30,15 @@ _METRICS = {
 }
 
 
-def runs_table(experiment: str | None = None, tracking_uri: str | None = None, sweep: str | None = None) -> pd.DataFrame:
-    """One row per finished run: config name, method, seed and the final metrics.
+def open_store(tracking_uri: str | None = None, experiment: str | None = None):
+    """An :class:`mlflow.MlflowClient` on the tracking store and the experiment ids to search.
 
-    Uses an explicit :class:`mlflow.MlflowClient`: ``mlflow.set_tracking_uri`` would
-    change the process-wide (and child-process) tracking URI as a side effect.
+    Args:
+        tracking_uri: the store (default: as ``inflora run`` resolves it).
+        experiment: one experiment by name; every experiment when ``None``.
+
+    Raises:
+        LookupError: no experiment of that name.
     """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow import MlflowClient
@@ -42,14 +46,23 @@ def runs_table(experiment: str | None = None, tracking_uri: str | None = None, s
     from .config import TrackingConfig
     from .tracking import resolve_tracking_uri
 
-    client = MlflowClient(tracking_uri=tracking_uri or resolve_tracking_uri(TrackingConfig()))
+    uri = tracking_uri or resolve_tracking_uri(TrackingConfig())
+    client = MlflowClient(tracking_uri=uri)
     if experiment:
         found = client.get_experiment_by_name(experiment)
         if found is None:
-            raise ValueError(f"no MLflow experiment named {experiment!r}")
-        experiment_ids = [found.experiment_id]
-    else:
-        experiment_ids = [e.experiment_id for e in client.search_experiments()]
+            raise LookupError(f"no MLflow experiment named {experiment!r} in {uri}")
+        return client, [found.experiment_id]
+    return client, [e.experiment_id for e in client.search_experiments()]
+
+
+def runs_table(experiment: str | None = None, tracking_uri: str | None = None, sweep: str | None = None) -> pd.DataFrame:
+    """One row per finished run: config name, method, seed and the final metrics.
+
+    Uses an explicit :class:`mlflow.MlflowClient`: ``mlflow.set_tracking_uri`` would
+    change the process-wide (and child-process) tracking URI as a side effect.
+    """
+    client, experiment_ids = open_store(tracking_uri, experiment)
     filters = ["attributes.status = 'FINISHED'"]
     if sweep:
         parent = _find_parent(client, experiment_ids, sweep)

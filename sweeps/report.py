@@ -9,7 +9,6 @@ from the child runs' metrics and the best configuration from the parent's
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,22 +48,12 @@ def find_sweep(sweep: str, tracking_uri: str | None = None, experiment: str | No
     Raises:
         LookupError: no such sweep in the tracking store.
     """
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from pipeline.config import TrackingConfig
-    from pipeline.tracking import resolve_tracking_uri
+    from pipeline.report import open_store
 
-    uri = tracking_uri or resolve_tracking_uri(TrackingConfig())
-    client = MlflowClient(tracking_uri=uri)
-    if experiment:
-        found = client.get_experiment_by_name(experiment)
-        if found is None:
-            raise LookupError(f"no MLflow experiment named {experiment!r} in {uri}")
-        experiment_ids = [found.experiment_id]
-    else:
-        experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    client, experiment_ids = open_store(tracking_uri, experiment)
+    uri = client.tracking_uri
     name = sweep.replace("'", "")
     parents = client.search_runs(
         experiment_ids, f"tags.`sweep.role` = 'parent' and tags.`sweep.name` = '{name}'", order_by=["attributes.start_time DESC"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from process_helpers import stop_process_group
 import yaml
 
 from pipeline.runner import execute, make_specs
@@ -72,24 +72,6 @@ def _log_tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
-def _stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
-    """SIGTERM the server's process group, then SIGKILL whatever is left of it
-    (its uvicorn workers and, were job execution on, huey consumers)."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through an HTTP(S)_PROXY
 
 
@@ -132,7 +114,7 @@ def _server_process(tmp_path_factory):
     try:
         yield _Started(proc, f"http://127.0.0.1:{port}", port, root / "artifacts", log_path)
     finally:
-        _stop_group(proc)
+        stop_process_group(proc)
 
 
 @pytest.fixture(scope="module")

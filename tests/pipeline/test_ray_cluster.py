@@ -19,7 +19,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import tiny_config_dict
+from process_helpers import stop_process_group
 
 from model.methods import create_method
 from pipeline.config import config_from_dict
@@ -81,25 +81,6 @@ def _log_tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
-def _stop_group(proc: subprocess.Popen, grace_s: float = 1.0) -> None:
-    """SIGTERM the cluster's process group (GCS, raylet, agents, workers), then
-    SIGKILL what is left: a raylet drains for up to 30 s on SIGTERM. Not `ray stop`,
-    which stops every Ray cluster of this user on the machine."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
 @dataclass
 class _Started:
     proc: subprocess.Popen
@@ -134,7 +115,7 @@ def _ray_process(tmp_path_factory):
     try:
         yield _Started(proc, port, temp_dir, auth_env, log_path)
     finally:
-        _stop_group(proc)
+        stop_process_group(proc, grace_s=1.0)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
