@@ -107,6 +107,14 @@ def init_ray(num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True)
 
 
+def concurrent_stages(available: dict[str, float], resources: ResourcesConfig, limit: int = 8) -> int:
+    """How many computing stages the cluster's free ``available`` resources fit at once (1 to ``limit``)."""
+    slots = available.get("CPU", 1.0) / resources.cpus_per_stage
+    if resources.gpus_per_stage > 0:
+        slots = min(slots, available.get("GPU", 0.0) / resources.gpus_per_stage)
+    return max(1, min(limit, int(slots + 1e-9)))
+
+
 def _warm_up() -> None:
     """Import the stage code (torch, timm, the model) in a worker process."""
     import pipeline.stages  # noqa: F401
@@ -115,9 +123,10 @@ def _warm_up() -> None:
 class RayExecutor:
     """Submits every stage as a Ray task with the resources of ``ResourcesConfig``.
 
-    Starting Ray also starts one warm-up task per CPU, so that the worker
-    processes import torch and timm while the driver is still opening its MLflow
-    runs, instead of when the first stage arrives.
+    Starting Ray also starts one warm-up task per stage that can run at once, so
+    that those worker processes import torch and timm while the driver is still
+    opening its MLflow runs, instead of when the first stage arrives. Warming more
+    workers than that would only spend CPU on imports that no stage uses.
     """
 
     def __init__(self, resources: ResourcesConfig) -> None:
@@ -126,8 +135,8 @@ class RayExecutor:
         init_ray(resources.num_cpus)
         self._ray = ray
         self._remote = ray.remote(run_stage)
-        cpus = int(ray.available_resources().get("CPU", 1))
-        self._warm = [ray.remote(_warm_up).options(num_cpus=1).remote() for _ in range(max(1, min(cpus, 8)))]
+        slots = concurrent_stages(ray.available_resources(), resources)
+        self._warm = [ray.remote(_warm_up).options(num_cpus=1).remote() for _ in range(slots)]
 
     def submit(self, spec: RunSpec, key: StageKey, upstream: Sequence[Any]) -> Any:
         res = spec.config.resources

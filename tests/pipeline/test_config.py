@@ -92,3 +92,22 @@ def test_shipped_configs_parse():
         if "sweep" in path.name:
             continue  # sweep files wrap a run config; tested in tests/sweeps
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("available", "resources", "expected"),
+    [
+        ({"CPU": 2.0}, {"cpus_per_stage": 2}, 1),  # the demo: one 2-CPU stage at a time
+        ({"CPU": 2.0}, {"cpus_per_stage": 1}, 2),
+        ({"CPU": 3.0}, {"cpus_per_stage": 2}, 1),
+        ({"CPU": 1.0}, {"cpus_per_stage": 4}, 1),  # never fewer than one
+        ({"CPU": 64.0}, {"cpus_per_stage": 1}, 8),  # capped
+        ({"CPU": 16.0, "GPU": 1.0}, {"cpus_per_stage": 2, "gpus_per_stage": 0.5}, 2),  # the GPU binds
+        ({"CPU": 16.0}, {"cpus_per_stage": 2, "gpus_per_stage": 1}, 1),
+    ],
+)
+def test_warm_workers_match_the_stages_that_fit_at_once(available, resources, expected):
+    from pipeline.config import ResourcesConfig
+    from pipeline.scheduler import concurrent_stages
+
+    assert concurrent_stages(available, ResourcesConfig(**resources)) == expected
