@@ -72,6 +72,27 @@ def _run_stats(run_dirs: list[Path]) -> dict:
     return {"spans": sorted(spans), "compute_s": compute}
 
 
+def _row(setting: str, concurrent: int, trials: int, epochs: int, started: float, wall: float, stats: dict, *,
+         teardown_s: float, driver_mlflow_s: float, load_before: str) -> dict:
+    """One result row from a setting's wall time and its runs' stage events (``_run_stats``)."""
+    return {
+        "setting": setting,
+        "concurrent": concurrent,
+        "trials": trials,
+        "epochs": epochs,
+        "wall_s": wall,
+        "trials_per_hour": trials / wall * 3600,
+        "compute_s_per_trial": stats["compute_s"] / trials,
+        "trial_span_s_per_trial": sum(end - start for start, end in stats["spans"]) / trials,
+        "startup_s": stats["spans"][0][0] - started,
+        "teardown_s": teardown_s,
+        "overhead_s_per_trial": (wall * concurrent - stats["compute_s"]) / trials,
+        "driver_mlflow_s_per_trial": driver_mlflow_s / trials,
+        "load_before": load_before,
+        "load_after": _loadavg(),
+    }
+
+
 _DRIVER_LOGGING = [0.0]
 
 
@@ -117,24 +138,10 @@ def bench_sweep(work: Path, trials: int, epochs: int, concurrent: int, tracking:
         ray.shutdown()
     assert outcome.complete and (outcome.summary.table["status"] == "complete").all(), outcome.summary.table
     stats = _run_stats(sorted((sweep.dir / "trials").glob("*/*-seed0-*")))
-    first_start, last_end = stats["spans"][0][0], max(end for _, end in stats["spans"])
-    trial_wall = sum(end - start for start, end in stats["spans"])
-    return {
-        "setting": f"sweep, {concurrent} concurrent" + ("" if tracking else ", no MLflow"),
-        "concurrent": concurrent,
-        "trials": trials,
-        "epochs": epochs,
-        "wall_s": wall,
-        "trials_per_hour": trials / wall * 3600,
-        "compute_s_per_trial": stats["compute_s"] / trials,
-        "trial_span_s_per_trial": trial_wall / trials,
-        "startup_s": first_start - started,
-        "teardown_s": started + wall - last_end,
-        "overhead_s_per_trial": (wall * concurrent - stats["compute_s"]) / trials,
-        "driver_mlflow_s_per_trial": _DRIVER_LOGGING[0] / trials,
-        "load_before": load_before,
-        "load_after": _loadavg(),
-    }
+    last_end = max(end for _, end in stats["spans"])
+    setting = f"sweep, {concurrent} concurrent" + ("" if tracking else ", no MLflow")
+    return _row(setting, concurrent, trials, epochs, started, wall, stats, teardown_s=started + wall - last_end,
+                driver_mlflow_s=_DRIVER_LOGGING[0], load_before=load_before)
 
 
 _PLAIN = """
@@ -171,23 +178,8 @@ def bench_plain(work: Path, trials: int, epochs: int, processes: int) -> dict:
             raise RuntimeError("a plain run failed")
     wall = time.time() - started
     stats = _run_stats(sorted((work / "plain").glob("t*/*-seed0-*")))
-    return {
-        "setting": f"plain execute(), {processes} process(es)",
-        "concurrent": processes,
-        "trials": trials,
-        "epochs": epochs,
-        "wall_s": wall,
-        "trials_per_hour": trials / wall * 3600,
-        "compute_s_per_trial": stats["compute_s"] / trials,
-        "trial_span_s_per_trial": sum(e - s for s, e in stats["spans"]) / trials,
-        "startup_s": stats["spans"][0][0] - started,
-        "teardown_s": float("nan"),
-        "overhead_s_per_trial": (wall * processes - stats["compute_s"]) / trials,
-        "driver_mlflow_s_per_trial": 0.0,
-        "load_before": load_before,
-        "load_after": _loadavg(),
-    }
-
+    return _row(f"plain execute(), {processes} process(es)", processes, trials, epochs, started, wall, stats,
+                teardown_s=float("nan"), driver_mlflow_s=0.0, load_before=load_before)
 
 def _markdown(rows: list[dict], trials: int, epochs: int, repeats: int) -> str:
     import pandas as pd
