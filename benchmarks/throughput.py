@@ -94,8 +94,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from model import ContinualViT, LoRASpec, MethodSpec, TaskHeads, create_backbone, create_method, head_name
-from model.methods import ContinualMethod, Design
+from model import ContinualViT, LoRASpec, TaskHeads, create_backbone, create_method, head_name
+from model.methods import ContinualMethod
+from model.methods.memory_context import InMemoryContext
+from model.subspace import memory_bank_state
 from model.training import TrainSpec, collect_covariances, train_session
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -293,11 +295,11 @@ def network_at_session(
     the values do not change the cost.
     """
     net = ContinualViT(shared_copy(backbone), case.lora_blocks)
-    method = create_method(MethodSpec(name="inflora"), LoRASpec(rank=case.rank, blocks=case.lora_blocks))
+    method = create_method("inflora", lora=LoRASpec(rank=case.rank, blocks=case.lora_blocks))
     for session in range(sessions_done):
-        method.begin_session(
-            net, session, Design(method.random_downs(net, generator)), {head_name(session): case.classes}, generator
-        )
+        ctx = session_context(method, net, session, case.classes, [])
+        ctx.save("design", method.random_downs(net, generator))
+        method.begin_session(net, ctx)
         with torch.no_grad():
             for layer in net.lora_layers.values():
                 branch = layer.branches[method.branch_name(session)]
@@ -307,11 +309,23 @@ def network_at_session(
     return net, method
 
 
+def session_context(method: ContinualMethod, net: ContinualViT, session: int, classes: int, batches: list) -> InMemoryContext:
+    """An in-memory step context whose network is ``net`` itself, positioned at ``session``."""
+    ctx = InMemoryContext(method, net.backbone, [batches] * (session + 1), [classes] * (session + 1), TrainSpec())
+    ctx.session, ctx.tasks = session, [session]
+    ctx.build_net = lambda sessions_done: net  # type: ignore[method-assign]
+    if session > 0:
+        ctx.store[("memory", session - 1)] = memory_bank_state({})  # designs without a memory
+    return ctx
+
+
 def build_inflora(backbone: nn.Module, case: Case, n_frozen: int, device: torch.device, seed: int = 0) -> Subject:
     """A ContinualViT in session ``n_frozen``, its current branch and head trainable (``begin_session``)."""
     gen = torch.Generator().manual_seed(seed)
     net, method = network_at_session(backbone, case, n_frozen, gen)
-    params = method.begin_session(net, n_frozen, Design(method.random_downs(net, gen)), {head_name(n_frozen): case.classes}, gen)
+    ctx = session_context(method, net, n_frozen, case.classes, [])
+    ctx.save("design", method.random_downs(net, gen))
+    params = method.begin_session(net, ctx)
     net.to(device)
     return Subject(net, params, head_name(n_frozen), n_frozen * case.classes)
 
@@ -524,16 +538,19 @@ def run_full_task(
     batches = synthetic_batches(shape.images, shape.batch_size, case, session * case.classes, device)
     spec = TrainSpec(lr=5e-4, epochs=shape.epochs, batch_size=shape.batch_size, precision=precision)
 
+    ctx = session_context(method, net, session, case.classes, batches)
+    ctx.device, ctx.num_sessions = device, shape.num_tasks
     synchronize(device)
     t0 = clock()
-    design = method.design(net, session, batches, None, device, gen)
+    downs, _ = method.design(net, ctx)
+    ctx.save("design", downs)
     synchronize(device)
     t1 = clock()
-    params = method.begin_session(net, session, design, {head_name(session): case.classes}, gen)
+    params = method.begin_session(net, ctx)
     train_session(net, params, batches, spec, head_names=[head_name(session)], class_offset=session * case.classes, device=device)
     synchronize(device)
     t2 = clock()
-    method.update_memory(net, session, shape.num_tasks, batches, None, device)
+    method.step_update(ctx)
     synchronize(device)
     t3 = clock()
     cov_s = time_covariance(net, batches, device, clock)

@@ -5,8 +5,8 @@ Nothing here knows about Ray, MLflow or the pipeline's run directories.
 
 from .backbone import BackboneError, create_backbone, load_state_dict_file, save_backbone
 from .heads import TaskHeads
-from .lora import REFERENCE_DOWN_SCALE, InfLoRAQKV, LoRABranch
-from .methods import ContinualMethod, Design, LoRASpec, MethodSpec, available_methods, create_method, head_name
+from .lora import REFERENCE_DOWN_SCALE, InfLoRAQKV, LoRABranch, LoRAQKV
+from .methods import ContinualMethod, LoRASpec, MethodConfig, StepResult, available_methods, create_method, head_name
 from .net import ContinualViT
 from .subspace import SubspaceError, SubspaceMemory, design_down_projection, threshold_schedule
 from .training import TrainSpec, collect_covariances, predict, probe_sq_norm, train_session
@@ -15,11 +15,12 @@ __all__ = [
     "BackboneError",
     "ContinualMethod",
     "ContinualViT",
-    "Design",
     "InfLoRAQKV",
     "LoRABranch",
+    "LoRAQKV",
     "LoRASpec",
-    "MethodSpec",
+    "MethodConfig",
+    "StepResult",
     "REFERENCE_DOWN_SCALE",
     "SubspaceError",
     "SubspaceMemory",

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from torch import Tensor, nn
 
 from .heads import TaskHeads
-from .lora import InfLoRAQKV
+from .lora import LoRABranch, LoRAQKV
 
 __all__ = ["ContinualViT", "resolve_lora_blocks"]
 
@@ -19,7 +19,8 @@ def resolve_lora_blocks(depth: int, blocks: Sequence[int] | int | str | None) ->
     Args:
         depth: number of transformer blocks.
         blocks: ``None``/``"all"`` for every block, an int ``n`` for the first ``n``
-            (the paper's b5 variant is ``5``), or an explicit list of indices.
+            (the paper's b5 variant is ``5``), or an explicit list of indices
+            (empty: no block is wrapped, e.g. for a frozen backbone).
     """
     if blocks is None or blocks == "all":
         return list(range(depth))
@@ -30,16 +31,19 @@ def resolve_lora_blocks(depth: int, blocks: Sequence[int] | int | str | None) ->
     if isinstance(blocks, str):
         raise ValueError(f"lora blocks must be 'all', an int or a list of ints, got {blocks!r}")
     indices = sorted(set(int(b) for b in blocks))
-    if not indices or indices[0] < 0 or indices[-1] >= depth:
+    if not indices:
+        return []
+    if indices[0] < 0 or indices[-1] >= depth:
         raise ValueError(f"lora block indices must lie in [0, {depth}), got {list(blocks)}")
     return indices
 
 
 class ContinualViT(nn.Module):
-    """Frozen ViT + InfLoRA branches on k and v of chosen blocks + per-task heads.
+    """Frozen ViT + LoRA branches on the ``qkv`` of chosen blocks + per-task heads.
 
     The backbone's ``blocks[i].attn.qkv`` linear layers are swapped for
-    :class:`~model.lora.InfLoRAQKV` wrappers; timm's attention code is untouched.
+    :class:`~model.lora.LoRAQKV` wrappers; timm's attention code is untouched.
+    Which rows a branch adapts (q, k, v) is the branch's (the method's) choice.
 
     Args:
         backbone: headless timm VisionTransformer (``num_classes=0``).
@@ -54,14 +58,14 @@ class ContinualViT(nn.Module):
         self.lora_block_indices = resolve_lora_blocks(len(blocks), lora_blocks)
         for i in self.lora_block_indices:
             attn = blocks[i].attn
-            if isinstance(attn.qkv, InfLoRAQKV):
+            if isinstance(attn.qkv, LoRAQKV):
                 continue
-            attn.qkv = InfLoRAQKV(attn.qkv)
+            attn.qkv = LoRAQKV(attn.qkv)
         self.heads = TaskHeads(backbone.num_features)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ views
     @property
-    def lora_layers(self) -> dict[str, InfLoRAQKV]:
+    def lora_layers(self) -> dict[str, LoRAQKV]:
         """Wrapped layers keyed by their stable name (``"blocks.3.attn.qkv"``)."""
         blocks = self.backbone.blocks  # type: ignore[attr-defined]
         return {f"blocks.{i}.attn.qkv": blocks[i].attn.qkv for i in self.lora_block_indices}
@@ -80,13 +84,15 @@ class ContinualViT(nn.Module):
         return self.heads(self.features(x), heads)
 
     # --------------------------------------------------------------- branches
-    def add_branches(self, name: str, downs: Mapping[str, Tensor], train_down: bool = False) -> None:
+    def add_branches(
+        self, name: str, downs: Mapping[str, Tensor], train_down: bool = False, targets: Sequence[str] = ("k", "v")
+    ) -> None:
         """Add branch ``name`` to every wrapped layer, with its ``(r, d)`` down-projection."""
         layers = self.lora_layers
         if set(downs) != set(layers):
             raise ValueError(f"down-projections given for {sorted(downs)}, expected every wrapped layer {sorted(layers)}")
         for layer_name, layer in layers.items():
-            layer.add_branch(name, downs[layer_name], train_down=train_down)
+            layer.add_branch(name, downs[layer_name], train_down=train_down, targets=targets)
 
     def freeze_all(self) -> None:
         """Freeze every parameter (structural; trainability is then set per module)."""
@@ -160,8 +166,21 @@ class ContinualViT(nn.Module):
                 state[f"head.{h}.{pname}"] = p.detach().cpu().contiguous()
         return state
 
+    def make_branch(self, layer: LoRAQKV, tensors: Mapping[str, Tensor], train_down: bool = False) -> nn.Module:
+        """A new, empty branch of the kind stored as ``tensors`` (subclasses add other kinds)."""
+        targets = [k[len("up_"):] for k in tensors if k.startswith("up_")]
+        return LoRABranch(tensors["down"], layer.attn_dim, targets=targets, train_down=train_down)
+
+    def extra_state(self) -> dict[str, Tensor]:
+        """Method-specific tensors saved beside branches and heads (none here)."""
+        return {}
+
+    def load_extra_state(self, kind: str, key: str, value: Tensor) -> None:
+        """Load one tensor of :meth:`extra_state` (``kind.key``); subclasses that save any override this."""
+        raise KeyError(f"unexpected adapter key {kind}.{key!r}")
+
     def load_adapter_state(self, state: Mapping[str, Tensor], train_down: bool = False) -> None:
-        """Create or overwrite the branches and heads found in ``state``."""
+        """Create or overwrite the branches, heads (and extra state) found in ``state``."""
         layers = self.lora_layers
         branches: dict[tuple[str, str], dict[str, Tensor]] = {}
         heads: dict[str, dict[str, Tensor]] = {}
@@ -176,12 +195,12 @@ class ContinualViT(nn.Module):
                 head, pname = rest.rsplit(".", 1)
                 heads.setdefault(head, {})[pname] = value
             else:
-                raise KeyError(f"unexpected adapter key {key!r}")
+                self.load_extra_state(kind, rest, value)
         # safetensors does not keep key order; names are zero-padded, so sorted = task order
         for (layer_name, branch), tensors in sorted(branches.items()):
             layer = layers[layer_name]
             if branch not in layer.branches:
-                layer.add_branch(branch, tensors["down"], train_down=train_down)
+                layer.add_module_branch(branch, self.make_branch(layer, tensors, train_down))
             layer.branches[branch].load_state_dict(tensors)
         for head, tensors in sorted(heads.items()):
             if head not in self.heads.heads:

@@ -20,6 +20,8 @@ from .net import ContinualViT
 
 __all__ = [
     "TrainSpec",
+    "TrainingHooks",
+    "NonFiniteTrainingError",
     "make_optimizer",
     "train_session",
     "predict",
@@ -93,6 +95,29 @@ class TrainSpec:
             raise ValueError(f"train.head_lr must be > 0 or null, got {self.head_lr}")
 
 
+class NonFiniteTrainingError(FloatingPointError):
+    """Training produced a NaN or Inf loss or gradient; the message says where."""
+
+
+class TrainingHooks:
+    """Points where a method plugs into the shared training loop (Avalanche's plugin pattern).
+
+    The default hooks do nothing, so the loop is plain cross-entropy training.
+    A method overrides the ones it needs, e.g. an extra loss term (L2P's key
+    pull, CODA-Prompt's orthogonality) or a gradient transform before the step.
+    """
+
+    def extra_loss(self, net: nn.Module, logits: Tensor, targets: Tensor) -> Tensor | None:
+        """A term added to the cross-entropy of the batch (``None``: nothing)."""
+        return None
+
+    def before_optimizer_step(self, net: nn.Module, params: list[nn.Parameter]) -> None:
+        """Called after ``backward`` and before ``optimizer.step`` (e.g. project gradients)."""
+
+    def after_epoch(self, net: nn.Module, epoch: int) -> None:
+        """Called at the end of every epoch, before the scheduler steps."""
+
+
 def reference_cosine(epochs: int) -> Callable[[int], float]:
     """LR factor of the reference code's ``CosineSchedule``: cos(99π·e / (200·(K−1)))."""
     if epochs <= 1:
@@ -151,6 +176,8 @@ def train_session(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     start_epoch: int = 0,
     on_epoch_end: Callable[[int, float, float], None] | None = None,
+    hooks: TrainingHooks | None = None,
+    where: str = "session",
 ) -> list[float]:
     """Train ``params`` for the remaining epochs of one session.
 
@@ -165,37 +192,62 @@ def train_session(
         optimizer, scheduler: resume state (built from ``spec`` when ``None``).
         start_epoch: first epoch to run (for a resumed session).
         on_epoch_end: called as ``(epoch, mean_loss, train_accuracy)``, e.g. to checkpoint.
+        hooks: the method's plug-ins (extra loss, gradient transform, per-epoch work).
+        where: names the session in errors (``"task 3"``).
 
     Returns:
         Mean training loss of each epoch run.
+
+    Raises:
+        NonFiniteTrainingError: at the first NaN/Inf loss or gradient, naming
+            ``where``, the epoch, the step and the learning rate; nothing of that
+            step is applied.
     """
     if optimizer is None or scheduler is None:
         optimizer, scheduler = make_optimizer(params, spec)
+    hooks = hooks or TrainingHooks()
     net.eval()
     forward = torch.compile(net) if spec.compile else net
     losses: list[float] = []
     for epoch in range(start_epoch, spec.epochs):
         total_loss, total_correct, total_seen = 0.0, 0, 0
-        for images, labels in batches:
+        for step, (images, labels) in enumerate(batches):
             images = images.to(device, non_blocking=True)
             targets = labels.to(device, non_blocking=True) - class_offset
             with autocast_context(device, spec.precision):
                 logits = forward(images, head_names)
             loss = F.cross_entropy(logits.float(), targets)
+            extra = hooks.extra_loss(net, logits, targets)
+            if extra is not None:
+                loss = loss + extra
+            lr = optimizer.param_groups[0]["lr"]
+            if not torch.isfinite(loss.detach()):
+                raise NonFiniteTrainingError(f"{where}: training loss is {float(loss):g} at epoch {epoch}, step {step} (lr {lr:g}); lower train.lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            hooks.before_optimizer_step(net, params)
+            if not _grads_finite(params):
+                raise NonFiniteTrainingError(f"{where}: a gradient is NaN or Inf at epoch {epoch}, step {step} (lr {lr:g}); lower train.lr")
             optimizer.step()
             total_loss += float(loss.detach()) * targets.shape[0]
             total_correct += int((logits.argmax(dim=1) == targets).sum())
             total_seen += targets.shape[0]
         if total_seen == 0:
             raise ValueError("the session has no training samples")
+        hooks.after_epoch(net, epoch)
         scheduler.step()
         mean_loss = total_loss / total_seen
         losses.append(mean_loss)
         if on_epoch_end is not None:
             on_epoch_end(epoch, mean_loss, total_correct / total_seen)
     return losses
+
+
+def _grads_finite(params: list[nn.Parameter]) -> bool:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
 
 @torch.no_grad()

@@ -69,15 +69,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from model.methods import create_method
-
     from .results import collect_results
-    from .runner import spec_from_run_dir
+    from .runner import spec_from_run_dir, verify_run_dir
+    from .stages import method_of
     from .state import RunDir
 
     for path in args.run_dirs:
         spec = spec_from_run_dir(path)
-        method = create_method(spec.config.method, spec.config.lora)
+        method = method_of(spec.config)
+        verify_run_dir(RunDir(path), method, spec.config.data.num_tasks)
         results = collect_results(RunDir(path), method.sessions(spec.config.data.num_tasks))
         matrix = results.test if args.split == "test" else results.val
         if matrix.empty:

@@ -21,7 +21,7 @@ from typing import Any, Union
 
 import yaml
 
-from model.methods import LoRASpec, MethodSpec, available_methods
+from model.methods import LoRASpec, MethodConfig, available_methods, method_config_class
 from model.training import TrainSpec
 
 __all__ = [
@@ -32,7 +32,9 @@ __all__ = [
     "ResourcesConfig",
     "TrackingConfig",
     "RunConfig",
+    "MethodSection",
     "load_config",
+    "updated",
     "config_from_dict",
     "config_to_dict",
     "apply_overrides",
@@ -199,6 +201,42 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class MethodSection:
+    """The ``method`` section: which method runs, and the settings of each method.
+
+    ``method.name`` selects the method; its settings are ``method.<name>`` (a
+    mapping validated by that method's config class, e.g. ``InfLoRAConfig``).
+    Settings of other methods may sit beside it (``method.sd_lora``), so that one
+    config describes a whole comparison and ``--set method.name=…`` or
+    ``--methods`` switch between them. As a shorthand, the selected method's
+    settings may also be written flat (``method: {name: inflora, lamb: 0.95}``);
+    flat keys override those of ``method.<name>``.
+
+    Args:
+        name: a registered method.
+        settings: validated settings per method name; the selected one is always present.
+    """
+
+    name: str = "inflora"
+    settings: dict[str, MethodConfig] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.name not in available_methods():
+            raise ValueError(f"method.name: unknown method {self.name!r}; known methods: {available_methods()}")
+        if self.name not in self.settings:
+            self.settings[self.name] = method_config_class(self.name)()
+
+    @property
+    def config(self) -> MethodConfig:
+        """The selected method's settings."""
+        return self.settings[self.name]
+
+    def select(self, name: str) -> "MethodSection":
+        """The same settings with method ``name`` selected (its defaults if it has none)."""
+        return MethodSection(name, dict(self.settings))
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A task-sequence run, minus its seed (a run is config + seed)."""
 
@@ -208,7 +246,7 @@ class RunConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoRASpec = field(default_factory=LoRASpec)
-    method: MethodSpec = field(default_factory=MethodSpec)
+    method: MethodSection = field(default_factory=MethodSection)
     train: TrainSpec = field(default_factory=TrainSpec)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -218,15 +256,19 @@ class RunConfig:
             raise ValueError(f"name must be a non-empty name without '/', got {self.name!r}")
         if not self.seeds:
             raise ValueError("seeds must list at least one seed")
-        if self.method.name not in available_methods():
-            raise ValueError(f"method.name: unknown method {self.method.name!r}; known methods: {available_methods()}")
+
+    def with_method(self, name: str) -> "RunConfig":
+        """This config with method ``name`` selected."""
+        return dataclasses.replace(self, method=self.method.select(name))
 
     def result_key(self) -> str:
-        """Hash of everything that changes results (not seeds, paths, resources or tracking)."""
+        """Hash of everything that changes results (not seeds, paths, resources, tracking,
+        nor the settings of methods that are not selected)."""
         payload = config_to_dict(self)
         for key in ("seeds", "output_dir", "resources", "tracking", "name"):
             payload.pop(key)
         payload["data"].pop("num_workers")
+        payload["method"] = {"name": self.method.name, self.method.name: payload["method"][self.method.name]}
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:8]
 
@@ -294,7 +336,40 @@ def _check_scalar(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def _build(cls: type, data: Any, prefix: str) -> Any:
+def _build_method(data: Any, prefix: str) -> MethodSection:
+    """The ``method`` section: ``name``, the selected method's settings (nested or flat), others nested."""
+    if data is None:
+        data = {}
+    where = prefix.rstrip(".")
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where} must be a mapping, got {data!r}")
+    name = data.get("name", MethodSection.name)
+    if not isinstance(name, str) or name not in available_methods():
+        raise ConfigError(f"{where}.name: unknown method {name!r}; known methods: {available_methods()}")
+    known = set(available_methods())
+    flat = {k: v for k, v in data.items() if k != "name" and k not in known}
+    nested = data.get(name)
+    if flat and nested is not None and not isinstance(nested, Mapping):
+        raise ConfigError(f"{where}.{name} must be a mapping, got {nested!r}")
+    allowed = sorted(f.name for f in dataclasses.fields(method_config_class(name)))
+    unknown = sorted(set(flat) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(f'{where}.{k}' for k in unknown)} for method {name!r}; its settings: {allowed} "
+            f"(settings of another method go under {where}.<method>; known methods: {available_methods()})"
+        )
+    settings: dict[str, MethodConfig] = {}
+    for method, section in data.items():
+        if method in known and not (method == name and flat):
+            settings[method] = _build(method_config_class(method), section, f"{where}.{method}.", section_name=f"{where}.{method}")
+    if flat:  # flat keys set (or override) the selected method's settings
+        settings[name] = _build(method_config_class(name), {**(nested or {}), **flat}, f"{where}.", section_name=where)
+    return MethodSection(name, settings)
+
+
+def _build(cls: type, data: Any, prefix: str, section_name: str | None = None) -> Any:
+    if cls is MethodSection:
+        return _build_method(data, prefix)
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
@@ -322,6 +397,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         raise
     except (ValueError, TypeError) as exc:
         msg = str(exc)
+        if isinstance(cls, type) and issubclass(cls, MethodConfig) and section_name and section_name != cls.section:
+            msg = msg.replace(f"{cls.section}.", f"{section_name}.")  # method.lamb → method.inflora.lamb
         if prefix and not msg.startswith(prefix.rstrip(".")) and prefix.rstrip(".") not in msg.split(" ")[0]:
             msg = f"{prefix.rstrip('.')}: {msg}"
         raise ConfigError(msg) from exc
@@ -390,9 +467,38 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def _plain(value: Any) -> Any:
+    if isinstance(value, MethodSection):
+        return {"name": value.name, **{k: _plain(v) for k, v in sorted(value.settings.items())}}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain nested dict of a config (JSON/YAML-serialisable)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    """Plain nested dict of a config (JSON/YAML-serialisable); ``method`` as ``{name, <method>: {...}}``."""
+    return json.loads(json.dumps(_plain(cfg), default=str))
+
+
+def updated(cfg: RunConfig, values: Mapping[str, Any]) -> RunConfig:
+    """``cfg`` with typed values set at dotted keys (``{"lora.rank": 8}``), validated again.
+
+    The values are Python values (a sweep's sampled point), never strings to parse.
+    """
+    data = config_to_dict(cfg)
+    for key, value in values.items():
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return config_from_dict(data)
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .metrics import accuracy_matrix, session_accuracy, summarize
+from .stages import read_result
 from .state import RunDir, StageKey
 
 __all__ = ["RunResults", "collect_results"]
@@ -52,9 +53,9 @@ def collect_results(run_dir: RunDir, sessions: list[list[int]], upto: int | None
         key = StageKey(s, "eval")
         if not run_dir.is_done(key):
             break
-        info = run_dir.read_done(key)
-        test_rows.append({int(k): v for k, v in info["test"].items()})
-        val_rows.append({int(k): v for k, v in info["val"].items()})
-        for k, n in info["test_counts"].items():
-            counts[int(k)] = int(n)
+        result = read_result(run_dir, key)
+        test_rows.append(result.test_row())
+        val_rows.append(result.val_row())
+        for task, n in result.counts().items():
+            counts[task] = n
     return RunResults(accuracy_matrix(test_rows, num_tasks), accuracy_matrix(val_rows, num_tasks), counts, learned_at)

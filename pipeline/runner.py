@@ -16,21 +16,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.methods import create_method
+from model.methods import ContinualMethod, StepResult
 
 from .config import RunConfig
 from .pretrain import ensure_backbone
 from .results import RunResults, collect_results
 from .scheduler import Executor, create_executor
-from .stages import RunSpec, init_run_dir, stage_dependencies, stage_plan
-from .state import RunDir, StageKey
+from .stages import RunSpec, init_run_dir, method_of, read_result, stage_dependencies, stage_plan
+from .state import IntegrityError, RunDir, StageKey
 from .tracking import Tracker, package_versions
 
 __all__ = ["RunOutcome", "RunFailed", "make_specs", "execute", "spec_from_run_dir"]
 
 _logger = logging.getLogger(__name__)
 
-StageCallback = Callable[[RunSpec, StageKey, dict[str, Any]], None]
+StageCallback = Callable[[RunSpec, StageKey, StepResult], None]
 
 
 class RunFailed(RuntimeError):
@@ -125,8 +125,9 @@ def execute(
     todo = 0
     for spec in specs:
         cfg = spec.config
-        method = create_method(cfg.method, cfg.lora)
+        method = method_of(cfg)
         run_dir = init_run_dir(spec, versions)
+        repair_run_dir(run_dir, method, cfg.data.num_tasks)
         outcome = RunOutcome(spec, run_dir, method.sessions(cfg.data.num_tasks))
         outcomes.append(outcome)
         tracker = None
@@ -138,7 +139,7 @@ def execute(
         for key in stage_plan(method, cfg.data.num_tasks):
             if run_dir.is_done(key):
                 handles[key] = None
-                _after_stage(outcome, tracker, key, run_dir.read_done(key), on_stage)
+                _after_stage(outcome, tracker, key, read_result(run_dir, key), on_stage)
                 continue
             upstream = [handles[d] for d in stage_dependencies(method, key) if handles[d] is not None]
             handles[key] = executor.submit(spec, key, upstream)
@@ -153,7 +154,7 @@ def execute(
             for handle in finished:
                 outcome, key = pending.pop(handle)
                 try:
-                    info = executor.result(handle)
+                    info = StepResult.from_dict(executor.result(handle))
                 except Exception as exc:  # the stage (or one it depends on) failed
                     if outcome.error is None:
                         outcome.error = f"{key}: {type(exc).__name__}: {exc}"
@@ -189,7 +190,57 @@ def execute(
     return outcomes
 
 
-def _after_stage(outcome: RunOutcome, tracker: Tracker | None, key: StageKey, info: dict[str, Any], on_stage: StageCallback | None) -> None:
+def downstream(method: ContinualMethod, num_tasks: int, key: StageKey) -> list[StageKey]:
+    """``key`` and every stage that depends on it, directly or not, in plan order."""
+    affected = {key}
+    for other in stage_plan(method, num_tasks):
+        if any(d in affected for d in stage_dependencies(method, other)):
+            affected.add(other)
+    return [k for k in stage_plan(method, num_tasks) if k in affected]
+
+
+def repair_run_dir(run_dir: RunDir, method: ContinualMethod, num_tasks: int) -> list[StageKey]:
+    """Check every finished stage's marker and outputs; re-open those that fail and everything after them.
+
+    A stage whose marker or output does not match its recorded SHA-256 is never
+    reused: its marker, and the markers of every stage downstream of it, are
+    removed (with a warning naming the file), so that they run again.
+
+    Returns:
+        The stages re-opened.
+    """
+    reopened: list[StageKey] = []
+    for key in stage_plan(method, num_tasks):
+        if key in reopened or not run_dir.is_done(key):
+            continue
+        try:
+            run_dir.verify(key)
+        except IntegrityError as exc:
+            again = [k for k in downstream(method, num_tasks, key) if run_dir.is_done(k)]
+            _logger.warning("%s; re-running %s", exc, ", ".join(map(str, again)))
+            for k in again:
+                run_dir.unmark(k)
+            reopened.extend(again)
+    return reopened
+
+
+def verify_run_dir(run_dir: RunDir, method: ContinualMethod, num_tasks: int) -> None:
+    """Check every finished stage of a run for readers that must not repair (``inflora eval``).
+
+    Raises:
+        IntegrityError: naming the file that does not match, and the command that re-runs it.
+    """
+    for key in stage_plan(method, num_tasks):
+        if run_dir.is_done(key):
+            try:
+                run_dir.verify(key)
+            except IntegrityError as exc:
+                raise IntegrityError(
+                    f"{exc}; `inflora run --resume {run_dir.path}` re-runs {key} and every stage after it", exc.path, key
+                ) from None
+
+
+def _after_stage(outcome: RunOutcome, tracker: Tracker | None, key: StageKey, info: StepResult, on_stage: StageCallback | None) -> None:
     if tracker is not None and outcome.run_id is not None:
         tracker.log_stage(outcome.run_id, outcome.spec, outcome.run_dir, key, info, outcome.sessions)
     if on_stage is not None:

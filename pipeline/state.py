@@ -24,6 +24,7 @@ from its last finished stage.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -35,13 +36,34 @@ from typing import Any
 
 import torch
 
-__all__ = ["StageKey", "RunDir", "RunStateError", "atomic_write_bytes"]
-
-STAGES = ("split", "design", "train", "update", "align", "eval")
+__all__ = ["StageKey", "RunDir", "RunStateError", "IntegrityError", "atomic_write_bytes", "sha256_bytes"]
 
 
 class RunStateError(RuntimeError):
     """The run directory is inconsistent or belongs to another configuration."""
+
+
+class IntegrityError(RunStateError):
+    """A finished stage's marker or output does not match the checksum recorded for it.
+
+    Attributes:
+        path: the file that does not match.
+        key: the stage that wrote it.
+    """
+
+    def __init__(self, message: str, path: Path, key: "StageKey | None" = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.key = key
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _marker_checksum(body: Mapping[str, Any]) -> str:
+    blob = json.dumps({k: v for k, v in body.items() if k != "checksum"}, sort_keys=True, default=str).encode()
+    return sha256_bytes(blob)
 
 
 @dataclass(frozen=True)
@@ -102,22 +124,31 @@ class RunDir:
         except json.JSONDecodeError as exc:
             raise RunStateError(f"{path} is corrupt: {exc}") from exc
 
-    def save_tensors(self, relative: str, tensors: Mapping[str, torch.Tensor]) -> None:
+    def save_tensors(self, relative: str, tensors: Mapping[str, torch.Tensor]) -> str:
+        """Write ``tensors`` as safetensors at ``relative``; returns the file's SHA-256."""
         from safetensors.torch import save
 
         blob = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
         atomic_write_bytes(self.file(relative), blob)
+        return sha256_bytes(blob)
 
-    def load_tensors(self, relative: str) -> dict[str, torch.Tensor]:
+    def load_tensors(self, relative: str, sha256: str | None = None) -> dict[str, torch.Tensor]:
+        """The tensors at ``relative``; with ``sha256``, only if the file matches it."""
         from safetensors.torch import load
 
         path = self.file(relative)
         if not path.is_file():
             raise RunStateError(f"{path} is missing: has the stage that writes it run?")
+        blob = path.read_bytes()
+        if sha256 is not None and sha256_bytes(blob) != sha256:
+            raise IntegrityError(f"{path} does not match the checksum its stage recorded (changed or truncated since)", path)
         try:
-            return load(path.read_bytes())
+            return load(blob)
         except Exception as exc:
             raise RunStateError(f"{path} is corrupt: {exc}") from exc
+
+    def file_sha256(self, relative: str) -> str:
+        return sha256_bytes(self.file(relative).read_bytes())
 
     # --------------------------------------------------------------- markers
     def marker(self, key: StageKey) -> Path:
@@ -126,11 +157,38 @@ class RunDir:
     def is_done(self, key: StageKey) -> bool:
         return self.marker(key).is_file()
 
-    def mark_done(self, key: StageKey, info: Mapping[str, Any]) -> None:
-        self.write_json(f"{key}.done.json", dict(info))
+    def mark_done(self, key: StageKey, info: Mapping[str, Any], outputs: Mapping[str, str] | None = None) -> None:
+        """Write ``key``'s marker: its result, the SHA-256 of each output file, and its own checksum."""
+        body = {**dict(info), "outputs": dict(outputs or {})}
+        body = json.loads(json.dumps(body, sort_keys=True, default=str))
+        body["checksum"] = _marker_checksum(body)
+        self.write_json(f"{key}.done.json", body)
 
     def read_done(self, key: StageKey) -> dict[str, Any]:
-        return self.read_json(f"{key}.done.json")
+        """``key``'s marker, if it matches its checksum (raises :class:`IntegrityError` otherwise)."""
+        body = self.read_json(f"{key}.done.json")
+        if body.get("checksum") != _marker_checksum(body):
+            path = self.marker(key)
+            raise IntegrityError(f"{path} does not match its checksum (edited or damaged since the stage wrote it)", path, key)
+        return body
+
+    def verify(self, key: StageKey) -> None:
+        """Check ``key``'s marker and every output it records; raises :class:`IntegrityError` naming the file."""
+        body = self.read_done(key)
+        for relative, expected in body.get("outputs", {}).items():
+            path = self.file(relative)
+            if not path.is_file():
+                raise IntegrityError(f"{path}, an output of {key}, is missing", path, key)
+            if self.file_sha256(relative) != expected:
+                raise IntegrityError(f"{path}, an output of {key}, does not match its recorded checksum (changed or truncated)", path, key)
+
+    def output_sha256(self, key: StageKey, relative: str) -> str | None:
+        """The checksum ``key``'s marker records for ``relative`` (``None`` if it records none)."""
+        return self.read_done(key).get("outputs", {}).get(relative)
+
+    def unmark(self, key: StageKey) -> None:
+        """Forget that ``key`` finished (its outputs are rewritten when it runs again)."""
+        self.marker(key).unlink(missing_ok=True)
 
     def log_event(self, key: StageKey, event: str, **fields: Any) -> None:
         """Append one line to the stage timeline (best effort; never fails a stage)."""

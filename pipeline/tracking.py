@@ -35,8 +35,10 @@ import yaml
 from .config import TrackingConfig, config_to_dict, flatten
 from .plots import accuracy_heatmap, close, metric_curves
 from .results import collect_results
+from model.methods import StepResult
+
 from .stages import RunSpec
-from .state import RunDir, StageKey
+from .state import IntegrityError, RunDir, StageKey
 
 __all__ = ["Tracker", "resolve_tracking_uri", "package_versions", "git_commit"]
 
@@ -177,42 +179,53 @@ class Tracker:
         run_dir.write_json("tracking.json", state)
 
     # ---------------------------------------------------------------- stages
-    def log_stage(self, run_id: str, spec: RunSpec, run_dir: RunDir, key: StageKey, info: Mapping[str, Any], sessions: list[list[int]]) -> None:
-        """Log one finished stage's result (once: repeated calls are ignored)."""
+    def log_stage(self, run_id: str, spec: RunSpec, run_dir: RunDir, key: StageKey, result: StepResult, sessions: list[list[int]]) -> None:
+        """Log one finished stage's result (once: repeated calls are ignored).
+
+        Every step's ``metrics`` are logged at step = session, a training step's
+        epochs at step = global epoch, an evaluation's rows as ``acc/<part>/task_XXX``
+        with the running summaries.
+        """
         if str(key) in self.logged(run_dir):
             return
         now = int(time.time() * 1000)
         s = key.session
-        metrics: list = []
         step = max(s, 0)
-        metrics += _metric_batch({f"time/{key.stage}_s": info.get("wall_time_s", math.nan)}, step, now)
+        metrics: list = _metric_batch({f"time/{key.stage}_s": result.wall_time_s}, step, now)
         if key.stage == "split":
+            info = result.info
             self.client.set_tag(run_id, "class_order", " ".join(map(str, info["class_order"])))
             self.client.set_tag(run_id, "task_classes", "; ".join(" ".join(map(str, c)) for c in info["task_classes"]))
             sizes = {f"data/train_size/task_{t:03d}": n for t, n in enumerate(info["train_sizes"])}
             metrics += _metric_batch(sizes, 0, now)
-        elif key.stage in ("design", "update", "align"):
-            metrics += _metric_batch(info.get("metrics", {}), s, now)
-        elif key.stage == "train":
-            epochs = spec.config.train.epochs
-            for record in info.get("epochs", []):
-                global_epoch = s * epochs + int(record["epoch"])
-                metrics += _metric_batch({"train/loss": record["loss"], "train/accuracy": record["train_accuracy"]}, global_epoch, now)
-            if info.get("epochs"):
-                metrics += _metric_batch({"train/final_loss": info["epochs"][-1]["loss"]}, s, now)
-        elif key.stage == "eval":
-            metrics += self._eval_metrics(run_dir, info, s, sessions, now)
+        if result.node_id:
+            self.client.set_tag(run_id, f"node/{key}", result.node_id)
+        epochs = spec.config.train.epochs
+        for record in result.epochs:
+            global_epoch = s * epochs + int(record["epoch"])
+            metrics += _metric_batch({"train/loss": record["loss"], "train/accuracy": record["train_accuracy"]}, global_epoch, now)
+        if result.epochs:
+            metrics += _metric_batch({"train/final_loss": result.epochs[-1]["loss"]}, s, now)
+        if result.trainable_parameters is not None:
+            metrics += _metric_batch({"params/trainable": float(result.trainable_parameters)}, step, now)
+        if result.eval is not None:
+            metrics += self._eval_metrics(run_dir, result, s, sessions, now)
             if self.figures_every_stage or s == len(sessions) - 1:
                 self._log_matrix_artifacts(run_id, run_dir, spec, sessions, upto=s)
+        else:
+            metrics += _metric_batch(result.metrics, step, now)
         for i in range(0, len(metrics), _MAX_METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=metrics[i : i + _MAX_METRICS_PER_BATCH])
         self._mark_logged(run_dir, key)
 
-    def _eval_metrics(self, run_dir: RunDir, info: Mapping[str, Any], s: int, sessions: list[list[int]], now: int) -> list:
+    def _eval_metrics(self, run_dir: RunDir, result: StepResult, s: int, sessions: list[list[int]], now: int) -> list:
         values: dict[str, float] = {}
-        for part in ("test", "val"):
-            for t, acc in info[part].items():
-                values[f"acc/{part}/task_{int(t):03d}"] = acc
+        for row in result.eval or []:
+            values[f"acc/test/task_{row.task:03d}"] = row.test
+            if row.val is not None:
+                values[f"acc/val/task_{row.task:03d}"] = row.val
+            for name, value in row.extra.items():
+                values[f"{name}/task_{row.task:03d}"] = value
         results = collect_results(run_dir, sessions, upto=s)
         if results.sessions_done == s + 1:
             for part in ("test", "val"):
@@ -223,7 +236,7 @@ class Tracker:
                 if summary:
                     values[f"forgetting/{part}"] = summary["forgetting"]
                     values[f"bwt/{part}"] = summary["bwt"]
-        values.update(info.get("metrics", {}))
+        values.update(result.metrics)
         return _metric_batch(values, s, now)
 
     def _log_matrix_artifacts(self, run_id: str, run_dir: RunDir, spec: RunSpec, sessions: list[list[int]], upto: int) -> None:
@@ -257,11 +270,8 @@ class Tracker:
             if run_dir.file(name).is_file():
                 self.client.log_artifact(run_id, str(run_dir.file(name)), "run_dir")
         if self.cfg.log_adapters:
-            for s in range(len(sessions)):
-                for name in ("adapter.safetensors", "memory.safetensors"):
-                    path = run_dir.session_dir(s) / name
-                    if path.is_file():
-                        self.client.log_artifact(run_id, str(path), f"adapters/session_{s:03d}")
+            for relative in _verified_state_files(run_dir, len(sessions)):
+                self.client.log_artifact(run_id, str(run_dir.file(relative)), f"adapters/{Path(relative).parent}")
         self.client.set_terminated(run_id, "FINISHED")
         return summary
 
@@ -269,3 +279,20 @@ class Tracker:
         self.client.set_tag(run_id, "error", error[:5000])
         self.client.set_terminated(run_id, status)
 
+
+
+_UPLOADED_STATE = ("adapter.safetensors", "memory.safetensors", "aligned_heads.safetensors")
+
+
+def _verified_state_files(run_dir: RunDir, num_sessions: int) -> list[str]:
+    """Every state slot the run's stages recorded, each checked against its checksum.
+
+    A file that does not match is never uploaded: :class:`IntegrityError` names it.
+    """
+    files: list[str] = []
+    for s in range(num_sessions):
+        for marker in sorted(run_dir.session_dir(s).glob("*.done.json")):
+            key = StageKey(s, marker.name[: -len(".done.json")])
+            run_dir.verify(key)
+            files.extend(r for r in run_dir.read_done(key).get("outputs", {}) if Path(r).name in _UPLOADED_STATE)
+    return files

@@ -36,6 +36,7 @@ from pipeline.config import (
     apply_overrides,
     config_from_dict,
     config_to_dict,
+    updated,
 )
 
 from .space import SearchSpace
@@ -239,9 +240,9 @@ class Sweep:
     @property
     def num_sessions(self) -> int:
         """Reports per trial: one after each task (session); ASHA's ``max_t``."""
-        from model.methods import create_method
+        from pipeline.stages import method_of
 
-        return len(create_method(self.base.method, self.base.lora).sessions(self.base.data.num_tasks))
+        return len(method_of(self.base).sessions(self.base.data.num_tasks))
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved sweep file (absolute paths, base merged): what ``sweep.yaml`` holds."""
@@ -256,7 +257,7 @@ class Sweep:
         trial ids across ``Tuner.restore``, so a resumed trial finds its finished stages.
         Its stages run inside the trial's worker with the trial's resources.
         """
-        data = apply_overrides(config_to_dict(self.base), self.space.overrides(params))
+        data = config_to_dict(updated(self.base, self.space.updates(params)))
         data["output_dir"] = str(self.trial_dir(trial_id))
         data["seeds"] = self.seeds
         res = self.config.resources_per_trial
@@ -265,7 +266,7 @@ class Sweep:
 
     def best_config(self, params: dict[str, Any], seeds: list[int]) -> RunConfig:
         """The base config with ``params``: what ``inflora run`` re-runs with other seeds."""
-        data = apply_overrides(config_to_dict(self.base), self.space.overrides(params))
+        data = config_to_dict(updated(self.base, self.space.updates(params)))
         data["name"] = f"{self.name}-best"
         data["seeds"] = seeds
         return config_from_dict(data)

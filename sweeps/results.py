@@ -19,10 +19,10 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from model.methods import create_method
 from pipeline.config import config_to_dict
 from pipeline.results import collect_results
 from pipeline.runner import make_specs
+from pipeline.stages import method_of, read_result
 from pipeline.state import RunDir, StageKey
 
 from .config import Sweep
@@ -149,7 +149,7 @@ def validation_rows(run_dir: RunDir, num_sessions: int) -> list[dict[int, float]
         key = StageKey(s, "eval")
         if not run_dir.is_done(key):
             break
-        rows.append({int(t): float(a) for t, a in run_dir.read_done(key)["val"].items()})
+        rows.append({int(t): float(a) for t, a in read_result(run_dir, key).val_row().items()})
     return rows
 
 
@@ -157,7 +157,7 @@ def _trial_row(sweep: Sweep, record: dict[str, Any], num_sessions: int) -> dict[
     trial_id = record["trial_id"]
     params = record["params"]
     cfg = sweep.trial_config(params, trial_id)
-    sessions = create_method(cfg.method, cfg.lora).sessions(cfg.data.num_tasks)
+    sessions = method_of(cfg).sessions(cfg.data.num_tasks)
     specs = make_specs(cfg)
     rows = {spec.seed: validation_rows(RunDir(spec.run_dir), num_sessions) for spec in specs}
     done = min(len(r) for r in rows.values())

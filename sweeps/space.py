@@ -1,16 +1,20 @@
 """The search space of a sweep: which hyperparameters, over which ranges.
 
-Parameters are named by role and map to one key of the run config each:
+Parameters are named by role and map to one key of the run config each. Three
+are shared by every method; the rest are declared by the method itself, as the
+fields of its config class that carry a search range
+(:meth:`model.methods.MethodConfig.searchable`), so ``inflora sweep`` works for
+every registered method without editing this module:
 
-=========  ================  ======  ===============================================
-name       config key        type    allowed values
-=========  ================  ======  ===============================================
-``rank``   ``lora.rank``     int     1 … the backbone's embedding dimension
-``lamb``   ``method.lamb``   float   (0, 1]: memory threshold after the first task
-``lame``   ``method.lame``   float   (0, 1]: threshold the schedule moves towards
-``lr``     ``train.lr``      float   > 0 (usually on a log scale)
-``epochs`` ``train.epochs``  int     >= 1
-=========  ================  ======  ===============================================
+==============  ==========================  ======  ====================================
+name            config key                  type    allowed values
+==============  ==========================  ======  ====================================
+``rank``        ``lora.rank``               int     1 … the backbone's embedding dimension
+``lr``          ``train.lr``                float   > 0 (usually on a log scale)
+``epochs``      ``train.epochs``            int     >= 1
+``<field>``     ``method.<method>.<field>`` method  the method's declared range
+                                                    (InfLoRA: ``lamb``, ``lame`` in (0, 1])
+==============  ==========================  ======  ====================================
 
 A parameter is a range ``{low: 1, high: 32}`` (bounds included; ``log: true``
 samples on a log scale, ``step`` quantises) or a list ``{values: [4, 8, 16]}``.
@@ -25,52 +29,52 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from model.methods import Searchable, method_config_class
 from pipeline.config import ConfigError, RunConfig
 
-__all__ = ["PARAMETERS", "ParamSpec", "SearchSpace", "embedding_dim"]
+__all__ = ["GENERIC_PARAMETERS", "ParamSpec", "SearchSpace", "embedding_dim", "parameters_for"]
 
 
 @dataclass(frozen=True)
 class _Parameter:
-    """A tunable setting: its config key, type and the values the pipeline accepts."""
+    """A tunable setting: its config key and the values the pipeline accepts."""
 
     key: str
-    kind: type
-    minimum: float
-    maximum: float = math.inf
-    minimum_open: bool = False  # (0, 1] for thresholds
+    search: Searchable
     help: str = ""
 
+    @property
+    def kind(self) -> type:
+        return self.search.kind
+
     def check(self, value: Any, where: str) -> Any:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number, got {value!r}")
-        if self.kind is int:
-            if float(value) != int(value):
-                raise ConfigError(f"{where} must be an integer, got {value!r}")
-            value = int(value)
-        else:
-            value = float(value)
-        too_low = value <= self.minimum if self.minimum_open else value < self.minimum
-        if too_low or value > self.maximum or not math.isfinite(value):
-            raise ConfigError(f"{where} = {value!r} is outside the allowed values {self.domain()}")
-        return value
+        try:
+            return self.search.check(value, where)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     def domain(self) -> str:
-        left = "(" if self.minimum_open else "["
-        right = "]" if math.isfinite(self.maximum) else ")"
-        high = self.maximum if math.isfinite(self.maximum) else "inf"
-        return f"{left}{self.minimum}, {high}{right}"
+        return self.search.domain()
 
 
-PARAMETERS: dict[str, _Parameter] = {
-    "rank": _Parameter("lora.rank", int, 1, help="LoRA rank r (rows of each down-projection)"),
-    "lamb": _Parameter("method.lamb", float, 0.0, 1.0, minimum_open=True, help="memory threshold after the first task"),
-    "lame": _Parameter("method.lame", float, 0.0, 1.0, minimum_open=True, help="threshold the schedule moves towards"),
-    "lr": _Parameter("train.lr", float, 0.0, minimum_open=True, help="learning rate"),
-    "epochs": _Parameter("train.epochs", int, 1, help="epochs per task"),
+GENERIC_PARAMETERS: dict[str, _Parameter] = {
+    "rank": _Parameter("lora.rank", Searchable(int, 1), "LoRA rank r (rows of each down-projection)"),
+    "lr": _Parameter("train.lr", Searchable(float, 0.0, low_open=True), "learning rate"),
+    "epochs": _Parameter("train.epochs", Searchable(int, 1), "epochs per task"),
 }
-_MEMORY_PARAMETERS = ("lamb", "lame")
 _SPEC_KEYS = {"low", "high", "log", "step", "values"}
+
+
+def parameters_for(base: RunConfig) -> dict[str, _Parameter]:
+    """Every parameter a sweep over ``base`` may search: the shared ones and its method's."""
+    method = base.method.name
+    config_class = method_config_class(method)
+    params = dict(GENERIC_PARAMETERS)
+    for name, search in config_class.searchable().items():
+        if name in params:
+            raise ConfigError(f"method {method!r} declares a searchable setting {name!r} that clashes with {params[name].key}")
+        params[name] = _Parameter(f"method.{method}.{name}", search, config_class.help().get(name, ""))
+    return params
 
 
 @dataclass(frozen=True)
@@ -93,14 +97,13 @@ class ParamSpec:
     step: float | None = None
     values: tuple[Any, ...] | None = None
 
-    @property
-    def key(self) -> str:
-        """The run-config key this parameter sets (``lora.rank``)."""
-        return PARAMETERS[self.name].key
+    key: str = ""
+    """The run-config key this parameter sets (``lora.rank``, ``method.inflora.lamb``)."""
+    kind: type = float
 
     @property
     def is_int(self) -> bool:
-        return PARAMETERS[self.name].kind is int
+        return self.kind is int
 
     def distribution(self):
         """The Optuna distribution of this parameter (what OptunaSearch samples from)."""
@@ -175,27 +178,18 @@ class SearchSpace:
                 pipeline rejects (a rank above the embedding dimension, a threshold
                 outside (0, 1]), or thresholds swept for a method without memory.
         """
+        limits = parameters_for(base)
         if not isinstance(data, Mapping) or not data:
-            raise ConfigError(f"{prefix} must map parameter names to ranges, e.g. rank: {{low: 1, high: 32}}; known names: {sorted(PARAMETERS)}")
-        unknown = sorted(set(data) - set(PARAMETERS))
+            raise ConfigError(f"{prefix} must map parameter names to ranges, e.g. rank: {{low: 1, high: 32}}; known names: {sorted(limits)}")
+        unknown = sorted(set(data) - set(limits))
         if unknown:
             raise ConfigError(
-                f"{prefix}: unknown parameter(s) {', '.join(map(str, unknown))}; known: "
-                + ", ".join(f"{n} ({p.key}: {p.help})" for n, p in PARAMETERS.items())
+                f"{prefix}: unknown parameter(s) {', '.join(map(str, unknown))} for method {base.method.name!r}; known: "
+                + ", ".join(f"{n} ({p.key}: {p.help})" for n, p in limits.items())
             )
-        limits = dict(PARAMETERS)
         if "rank" in data:
             dim = embedding_dim(base)
-            limits["rank"] = _Parameter("lora.rank", int, 1, dim, help=f"at most the embedding dimension {dim}")
-        swept_memory = [n for n in _MEMORY_PARAMETERS if n in data]
-        if swept_memory:
-            from model.methods import create_method
-
-            if not create_method(base.method, base.lora).uses_memory:
-                raise ConfigError(
-                    f"{prefix}: {', '.join(swept_memory)} only change methods with a memory (inflora); "
-                    f"method {base.method.name!r} ignores them"
-                )
+            limits["rank"] = _Parameter("lora.rank", Searchable(int, 1, dim), f"at most the embedding dimension {dim}")
         return cls([_parse_param(name, data[name], limits[name], f"{prefix}.{name}") for name in data])
 
     def check_point(self, point: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -216,14 +210,9 @@ class SearchSpace:
         """``{name: optuna distribution}``: the ``space`` argument of OptunaSearch."""
         return {p.name: p.distribution() for p in self.params}
 
-    def overrides(self, params: Mapping[str, Any]) -> list[str]:
-        """``["lora.rank=8", …]`` for :func:`pipeline.config.apply_overrides`."""
-        out = []
-        for p in self.params:
-            value = params[p.name]
-            value = int(value) if p.is_int else float(value)
-            out.append(f"{p.key}={value!r}")
-        return out
+    def updates(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``{"lora.rank": 8, …}``: the typed config updates of a point, for :func:`pipeline.config.updated`."""
+        return {p.key: int(params[p.name]) if p.is_int else float(params[p.name]) for p in self.params}
 
     def describe(self) -> dict[str, str]:
         return {p.name: p.describe() for p in self.params}
@@ -244,7 +233,7 @@ def _parse_param(name: str, spec: Any, limits: _Parameter, where: str) -> ParamS
         checked = tuple(limits.check(v, f"{where}.values[{i}]") for i, v in enumerate(values))
         if len(set(checked)) != len(checked):
             raise ConfigError(f"{where}.values has duplicates: {list(values)}")
-        return ParamSpec(name, values=checked)
+        return ParamSpec(name, values=checked, key=limits.key, kind=limits.kind)
     if "low" not in spec or "high" not in spec:
         raise ConfigError(f"{where} needs low and high (bounds included), or values")
     low = limits.check(spec["low"], f"{where}.low")
@@ -269,4 +258,4 @@ def _parse_param(name: str, spec: Any, limits: _Parameter, where: str) -> ParamS
             raise ConfigError(f"{where}: step {step} is larger than the range [{low}, {high}]")
     if log and not low > 0:
         raise ConfigError(f"{where}: a log-scale range needs low > 0, got {low}")
-    return ParamSpec(name, low=low, high=high, log=log, step=step)
+    return ParamSpec(name, low=low, high=high, log=log, step=step, key=limits.key, kind=limits.kind)

@@ -35,9 +35,8 @@ from typing import Any
 import yaml
 from ray.tune import Callback
 
-from model.methods import create_method
 from pipeline.runner import make_specs
-from pipeline.stages import RunSpec, init_run_dir, stage_plan
+from pipeline.stages import RunSpec, init_run_dir, method_of, read_result, stage_plan
 from pipeline.state import RunDir
 from pipeline.tracking import Tracker, package_versions
 
@@ -97,7 +96,7 @@ class SweepTracker:
         self.sweep = sweep
         self.tracker = Tracker(sweep.base.tracking, figures_every_stage=False)
         self.client = self.tracker.client
-        self.sessions = create_method(sweep.base.method, sweep.base.lora).sessions(sweep.base.data.num_tasks)
+        self.sessions = method_of(sweep.base).sessions(sweep.base.data.num_tasks)
         self.parent_run_id: str | None = None
         self._trials: dict[str, _TrialRuns] = {}
 
@@ -260,12 +259,12 @@ class SweepTracker:
         for spec in runs.specs:
             run_dir = RunDir(spec.run_dir)
             logged = self.tracker.logged(run_dir)
-            method = create_method(spec.config.method, spec.config.lora)
+            method = method_of(spec.config)
             for key in stage_plan(method, spec.config.data.num_tasks):
                 if not run_dir.is_done(key):
                     break
                 if str(key) not in logged:
-                    self.tracker.log_stage(runs.seed_runs[spec.seed], spec, run_dir, key, run_dir.read_done(key), self.sessions)
+                    self.tracker.log_stage(runs.seed_runs[spec.seed], spec, run_dir, key, read_result(run_dir, key), self.sessions)
         if result and METRIC in result:
             step = int(result[TIME_ATTR]) - 1
             self.client.log_batch(runs.run_id, metrics=_metrics({METRIC: result[METRIC], "val_acc": result["val_acc"]}, step))

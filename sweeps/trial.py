@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from model.methods import StepResult
 from pipeline.runner import execute, make_specs
 from pipeline.scheduler import LocalExecutor
 from pipeline.stages import RunSpec
@@ -100,11 +101,11 @@ class TaskReporter:
         self.reported = already_reported
         self.history: list[dict[str, float]] = []
 
-    def on_stage(self, spec: RunSpec, key: StageKey, info: Mapping[str, Any]) -> None:
-        """``on_stage`` hook of :func:`pipeline.runner.execute`: reads ``info["val"]`` only."""
-        if key.stage != "eval":
+    def on_stage(self, spec: RunSpec, key: StageKey, result: StepResult) -> None:
+        """``on_stage`` hook of :func:`pipeline.runner.execute`: reads the validation row only."""
+        if result.eval is None:
             return
-        self.rows[spec.seed][key.session] = {int(t): float(acc) for t, acc in info["val"].items()}
+        self.rows[spec.seed][key.session] = result.val_row()
         while all(len(self.history) in rows for rows in self.rows.values()):
             s = len(self.history)
             per_seed = [validation_objective([rows[i] for i in range(s + 1)]) for rows in self.rows.values()]

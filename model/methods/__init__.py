@@ -1,23 +1,34 @@
 """Continual methods by name. Adding a method is one file: subclass
-:class:`~model.methods.base.ContinualMethod`, decorate it with
-:func:`register_method`, and import the module here."""
+:class:`~model.methods.base.ContinualMethod` with its config dataclass and its
+steps, decorate it with :func:`register_method`, and import the module here."""
 
 from __future__ import annotations
 
-from .base import ContinualMethod, Design, LoRASpec, MemoryBank, MethodSpec, head_name
-from .registry import available_methods, create_method, register_method
+from .base import ContinualMethod, MemoryBank, Step, default_steps, head_name
+from .config import LoRASpec, MethodConfig, Searchable, setting
+from .context import StepContext
+from .registry import available_methods, create_method, get_method_class, method_config_class, register_method
+from .results import EvalRow, StepResult
 
 # Importing registers the built-in methods.
-from . import inflora, inflora_ca, joint, seq_lora  # noqa: E402,F401  isort: skip
+from . import frozen, inflora, inflora_ca, joint, sd_lora, seq_lora  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "ContinualMethod",
-    "Design",
+    "EvalRow",
     "LoRASpec",
     "MemoryBank",
-    "MethodSpec",
+    "MethodConfig",
+    "Searchable",
+    "Step",
+    "StepContext",
+    "StepResult",
     "available_methods",
     "create_method",
+    "default_steps",
+    "get_method_class",
     "head_name",
+    "method_config_class",
     "register_method",
+    "setting",
 ]

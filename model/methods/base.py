@@ -1,42 +1,47 @@
-"""The interface every continual method implements, and its settings.
+"""The contract every continual method implements.
 
 A run is a sequence of *sessions*; a session trains on one task (InfLoRA,
-sequential LoRA) or on several at once (joint training). For each session the
-pipeline calls, in order:
+SD-LoRA, the prompt methods) or on several at once (joint training). A method
+declares, for every session, its **steps** (:class:`Step`: ``design``,
+``train``, ``update``, ``align``, ``eval`` or steps of its own) and what each
+step persists as named **state slots** (safetensors files of the run
+directory). The pipeline runs each step as a resumable stage through one
+generic runner — marker → load state → run step → save → marker — and knows
+nothing of any particular method.
 
-1. :meth:`ContinualMethod.design` — before training; returns the down-projections
-   of a new branch (or none) computed from the session's training data;
-2. :meth:`ContinualMethod.begin_session` — adds the branch and the heads and
-   returns the parameters to train;
-3. (the shared training loop of :mod:`model.training`);
-4. :meth:`ContinualMethod.update_memory` — after training; updates the
-   method's memory of old inputs (InfLoRA's DualGPM), if it has one.
-
-Each call is a pure function of the network state and its arguments, so that the
-pipeline can run them as separate, resumable stages.
+A step is a method ``step_<name>(ctx) -> StepResult``; ``ctx`` is a
+:class:`~model.methods.context.StepContext` (data, state slots, the network as
+it stood after earlier sessions, seeded generators). ``train`` and ``eval`` are
+provided here and shared by every method: the training loop takes the
+method's :class:`~model.training.TrainingHooks` (an extra loss, a gradient
+transform, work after each epoch), the Avalanche plugin pattern.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Union
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from ..lora import REFERENCE_DOWN_SCALE
 from ..net import ContinualViT
 from ..subspace import SubspaceMemory
-from ..training import Batches
+from ..training import TrainingHooks, make_optimizer, predict, train_session
+from .config import LoRASpec, MethodConfig
+from .results import EvalRow, StepResult
 
-__all__ = ["LoRASpec", "MethodSpec", "Design", "MemoryBank", "ContinualMethod", "head_name"]
+if TYPE_CHECKING:
+    from .context import StepContext
+
+__all__ = ["Step", "ContinualMethod", "MemoryBank", "head_name", "default_steps"]
 
 MemoryBank = dict[str, SubspaceMemory]
 """Memory of every wrapped layer, keyed by layer name."""
-
-BlocksSpec = Union[str, int, list[int]]
 
 
 def head_name(task: int) -> str:
@@ -45,164 +50,185 @@ def head_name(task: int) -> str:
 
 
 @dataclass(frozen=True)
-class LoRASpec:
-    """Where the branches go and how large they are.
+class Step:
+    """One step of a session.
 
     Args:
-        rank: rows ``r`` of each down-projection (paper: 10; DomainNet 30).
-        blocks: ``"all"``, the first ``n`` blocks (b5 variant: ``5``) or a list of indices.
-        down_scale: factor on the designed rows; the reference code's 1/√3.
+        name: the step (``design``, ``train``…); the method implements ``step_<name>``.
+        needs: steps of the same session whose outputs it reads.
+        writes: the state slots it saves (``session_XXX/<slot>.safetensors``).
+        ordered: also waits for the same step of the previous session (evaluations
+            are logged in session order).
+        carries_state: later sessions read what it writes; the first steps of the
+            next session wait for it. Evaluations carry none.
     """
 
-    rank: int = 10
-    blocks: BlocksSpec = "all"
-    down_scale: float = REFERENCE_DOWN_SCALE
-
-    def __post_init__(self) -> None:
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"lora.rank must be an integer >= 1, got {self.rank!r}")
-        if isinstance(self.blocks, str) and self.blocks != "all":
-            raise ValueError(f"lora.blocks must be 'all', an int or a list of block indices, got {self.blocks!r}")
-        if isinstance(self.blocks, int) and self.blocks < 1:
-            raise ValueError(f"lora.blocks must be >= 1 when an int, got {self.blocks}")
-        if not self.down_scale > 0:
-            raise ValueError(f"lora.down_scale must be > 0, got {self.down_scale}")
+    name: str
+    needs: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+    ordered: bool = False
+    carries_state: bool = True
 
 
-@dataclass(frozen=True)
-class MethodSpec:
-    """Method name and its settings.
-
-    Args:
-        name: a registered method (``inflora``, ``seq_lora``, ``joint``…).
-        lamb: memory threshold after the first task (paper: 0.95 CIFAR-100, 0.98 ImageNet-R).
-        lame: threshold the schedule moves towards (paper: 1.0).
-        dual_memory: DualGPM (store the complement past d/2); ``False`` is plain GPM (b5 variant).
-        train_down: also train the down-projection (plain LoRA; baselines only).
-        ca_epochs, ca_lr, ca_samples_per_class, ca_logit_norm: classifier alignment
-            of ``inflora_ca`` (reference: 5 epochs, lr 0.01, 256 samples per class,
-            logit norm 0.1 — none for CIFAR-100).
-    """
-
-    name: str = "inflora"
-    lamb: float = 0.95
-    lame: float = 1.0
-    dual_memory: bool = True
-    train_down: bool = False
-    ca_epochs: int = 5
-    ca_lr: float = 0.01
-    ca_samples_per_class: int = 256
-    ca_logit_norm: float | None = 0.1
-
-    def __post_init__(self) -> None:
-        for key in ("lamb", "lame"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
-                raise ValueError(f"method.{key} must be a threshold in (0, 1], got {value!r}")
-        if self.ca_epochs < 1 or self.ca_samples_per_class < 2 or not self.ca_lr > 0:
-            raise ValueError("method.ca_epochs must be >= 1, method.ca_samples_per_class >= 2 and method.ca_lr > 0")
-        if self.ca_logit_norm is not None and not self.ca_logit_norm > 0:
-            raise ValueError(f"method.ca_logit_norm must be > 0 or null, got {self.ca_logit_norm}")
-
-
-@dataclass
-class Design:
-    """What :meth:`ContinualMethod.design` produced for a session.
-
-    Attributes:
-        downs: ``(r, d)`` down-projection per wrapped layer, already scaled; empty
-            when the session adds no branch.
-        info: scalar diagnostics for tracking.
-    """
-
-    downs: dict[str, Tensor] = field(default_factory=dict)
-    info: dict[str, float] = field(default_factory=dict)
+def default_steps() -> list[Step]:
+    """``train`` then ``eval``: what a method without design or memory runs."""
+    return [
+        Step("train", writes=("adapter",)),
+        Step("eval", needs=("train",), ordered=True, carries_state=False),
+    ]
 
 
 class ContinualMethod(ABC):
     """Base class of a continual method; subclasses register with :func:`model.methods.register_method`.
 
     Args:
-        spec: method settings.
-        lora: branch settings.
+        config: the method's own settings (an instance of ``config_class``).
+        lora: branch settings, for the methods that add LoRA branches.
     """
 
     name: ClassVar[str]
-    uses_memory: ClassVar[bool] = False
-    aligns_heads: ClassVar[bool] = False
-    """Methods that re-train their heads after each session (``class_statistics``/``align``)."""
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
 
-    def __init__(self, spec: MethodSpec, lora: LoRASpec) -> None:
-        self.spec = spec
-        self.lora = lora
+    def __init__(self, config: MethodConfig, lora: LoRASpec | None = None) -> None:
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"method {self.name!r} takes a {self.config_class.__name__}, got {type(config).__name__}")
+        self.config = config
+        self.lora = lora or LoRASpec()
 
     # ------------------------------------------------------------ structure
     def sessions(self, num_tasks: int) -> list[list[int]]:
         """Which tasks each session trains on; one task per session by default."""
         return [[t] for t in range(num_tasks)]
 
+    def steps(self) -> list[Step]:
+        """The steps of every session, in order."""
+        return default_steps()
+
+    def slot_writers(self) -> dict[str, str]:
+        """State slot → the step that writes it."""
+        return {slot: step.name for step in self.steps() for slot in step.writes}
+
+    # -------------------------------------------------------------- network
+    def lora_blocks(self) -> Any:
+        """Blocks whose ``qkv`` get a LoRA wrapper (none for methods without branches)."""
+        return self.lora.blocks
+
+    def build_net(self, backbone: nn.Module) -> ContinualViT:
+        """The method's network around a (fresh copy of the) backbone."""
+        return ContinualViT(backbone, self.lora_blocks())
+
+    def restore(self, net: ContinualViT, ctx: "StepContext", sessions_done: int) -> None:
+        """Load the state of sessions ``0 .. sessions_done - 1`` into ``net`` (later ones win)."""
+        for s in range(sessions_done):
+            net.load_adapter_state(ctx.load("adapter", s), self.train_down)
+
+    @property
+    def train_down(self) -> bool:
+        return False
+
+    def run_step(self, step: str, ctx: "StepContext") -> StepResult:
+        fn = getattr(self, f"step_{step}", None)
+        if fn is None:
+            raise NotImplementedError(f"method {self.name!r} declares step {step!r} but has no step_{step}")
+        return fn(ctx)
+
+    # ------------------------------------------------------------- training
     @abstractmethod
-    def branch_name(self, session: int) -> str:
-        """Name of the branch that session ``session`` trains."""
+    def begin_session(self, net: ContinualViT, ctx: "StepContext") -> list[nn.Parameter]:
+        """Add the session's modules to ``net`` and return every parameter to train.
 
-    # --------------------------------------------------------------- stages
-    @abstractmethod
-    def design(
-        self,
-        net: ContinualViT,
-        session: int,
-        batches: Batches,
-        memory: MemoryBank | None,
-        device: torch.device,
-        generator: torch.Generator,
-    ) -> Design:
-        """Down-projections of the session's new branch (empty if it adds none)."""
-
-    def begin_session(
-        self,
-        net: ContinualViT,
-        session: int,
-        design: Design,
-        head_sizes: Mapping[str, int],
-        generator: torch.Generator,
-    ) -> list[nn.Parameter]:
-        """Add the designed branch and the session's heads; return what to train.
-
-        Everything else is frozen: old branches, old heads and the backbone.
+        The returned list holds the session's heads too (:meth:`add_session_heads`).
         """
-        net.freeze_all()
-        name = self.branch_name(session)
-        if design.downs:
-            net.add_branches(name, design.downs, train_down=self.spec.train_down)
-        params = net.set_branch_trainable(name, True)
-        for head, num_classes in head_sizes.items():
+
+    def add_session_heads(self, net: ContinualViT, ctx: "StepContext") -> list[nn.Parameter]:
+        """Add the session's heads (initialised from the ``heads`` generator) and make them trainable."""
+        params: list[nn.Parameter] = []
+        generator = ctx.generator("heads")
+        for head, num_classes in ctx.head_sizes().items():
             layer = net.heads.add(head, num_classes, generator=generator)
             layer.requires_grad_(True)
             params.extend(layer.parameters())
         return params
 
-    def update_memory(
-        self,
-        net: ContinualViT,
-        session: int,
-        num_sessions: int,
-        batches: Batches,
-        memory: MemoryBank | None,
-        device: torch.device,
-    ) -> tuple[MemoryBank | None, dict[str, float]]:
-        """Memory after the session (and diagnostics); methods without memory keep ``None``."""
-        return memory, {}
+    def training_hooks(self, net: ContinualViT, ctx: "StepContext") -> TrainingHooks:
+        """The method's plug-ins into the shared training loop (none by default)."""
+        return TrainingHooks()
 
-    # -------------------------------------------------------------- helpers
-    def trained_branches(self, sessions: Sequence[int]) -> list[str]:
-        """Distinct branch names trained in the given sessions, in order."""
-        return list(dict.fromkeys(self.branch_name(s) for s in sessions))
+    @abstractmethod
+    def trained_state(self, net: ContinualViT, ctx: "StepContext") -> dict[str, Tensor]:
+        """What the session's ``adapter`` slot holds: the tensors the session changed."""
 
-    def random_downs(self, net: ContinualViT, generator: torch.Generator) -> dict[str, Tensor]:
-        """Random orthonormal rows (scaled like a designed branch) for baselines."""
-        downs = {}
-        for name, layer in net.lora_layers.items():
-            gaussian = torch.randn(layer.in_features, self.lora.rank, generator=generator, dtype=torch.float64)
-            q, _ = torch.linalg.qr(gaussian)
-            downs[name] = (q.T * self.lora.down_scale).float()
-        return downs
+    def step_train(self, ctx: "StepContext") -> StepResult:
+        """The shared training step: the method's parameters, hooks and state; resumable per epoch."""
+        spec = ctx.train
+        net = ctx.build_net(ctx.session)
+        params = self.begin_session(net, ctx)
+        heads = [head_name(t) for t in ctx.tasks]
+        head_params = [p for h in heads for p in net.heads.heads[h].parameters()]
+        optimizer, scheduler = make_optimizer(params, spec, head_params)
+        shuffle = ctx.generator("shuffle")
+        history: list[dict[str, float]] = []
+        start_epoch = 0
+        state = ctx.load_checkpoint()
+        if state is not None:
+            net.load_adapter_state(state["adapter"], self.train_down)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            shuffle.set_state(state["shuffle_rng"])
+            torch.set_rng_state(state["global_rng"])
+            history = json.loads(bytes(state["history"].tolist()).decode())
+            start_epoch = len(history)
+
+        def on_epoch_end(epoch: int, loss: float, accuracy: float) -> None:
+            history.append({"epoch": epoch, "loss": loss, "train_accuracy": accuracy})
+            if epoch + 1 < spec.epochs:  # the last epoch is saved as the adapter itself
+                ctx.save_checkpoint(
+                    {
+                        "adapter": self.trained_state(net, ctx),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "shuffle_rng": shuffle.get_state(),
+                        "global_rng": torch.get_rng_state(),
+                        "history": torch.tensor(list(json.dumps(history).encode()), dtype=torch.uint8),
+                    }
+                )
+
+        train_session(
+            net,
+            params,
+            ctx.train_batches(shuffle),
+            spec,
+            head_names=heads,
+            class_offset=ctx.class_offset(ctx.tasks[0]),
+            device=ctx.device,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            start_epoch=start_epoch,
+            on_epoch_end=on_epoch_end,
+            hooks=self.training_hooks(net, ctx),
+            where=f"train.session_{ctx.session:03d} (tasks {ctx.tasks})",
+        )
+        ctx.save("adapter", self.trained_state(net, ctx))
+        ctx.clear_checkpoint()
+        return StepResult(epochs=history, trainable_parameters=int(sum(p.numel() for p in params)))
+
+    # ----------------------------------------------------------- evaluation
+    def step_eval(self, ctx: "StepContext") -> StepResult:
+        """Accuracy on every seen task's test (and validation) split: row ``session`` of R."""
+        net = ctx.build_net(ctx.session + 1)
+        rows = []
+        for t in ctx.seen_tasks():
+            test, count = _accuracy(net, ctx, t, "test")
+            val = _accuracy(net, ctx, t, "val")[0] if ctx.split_size(t, "val") else None
+            rows.append(EvalRow(task=t, test=test, count=count, val=val))
+        return StepResult(metrics=self.eval_metrics(net, ctx), eval=rows)
+
+    def eval_metrics(self, net: ContinualViT, ctx: "StepContext") -> dict[str, float]:
+        """Extra diagnostics of the evaluation (e.g. LoRA interference); none by default."""
+        return {}
+
+
+def _accuracy(net: ContinualViT, ctx: "StepContext", task: int, part: str) -> tuple[float, int]:
+    preds, labels = predict(net, ctx.eval_batches(task, part), ctx.device, ctx.train.precision)
+    n = int(labels.numel())
+    return (float((preds == labels).float().mean()) if n else math.nan), n

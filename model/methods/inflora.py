@@ -1,5 +1,9 @@
 """InfLoRA: interference-free low-rank adaptation (Liang & Li, CVPR 2024).
 
+Follows ``liangyanshuo/InfLoRA``, ``methods/inflora.py`` (``InfLoRA._train``:
+the design of ``lora_A`` before training, ``update_DualGPM`` after it) and
+``models/vit_inflora.py`` (``Attention_LoRA``: branches on k and v).
+
 Per task t: the down-projection ``B_t`` of a new branch is designed as the top-r
 left singular vectors of the task's input covariance projected off the old-task
 memory, ``(I − P) C``; it is frozen and only ``A_t`` (``up``) and the task's head
@@ -10,36 +14,64 @@ up to the energy threshold ε_t.
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+from torch import Tensor
 
 from ..net import ContinualViT
-from ..subspace import SubspaceMemory, design_down_projection, threshold_schedule
-from ..training import Batches, collect_covariances
-from .base import ContinualMethod, Design, MemoryBank
+from ..subspace import SubspaceMemory, design_down_projection, memory_bank_from_state, memory_bank_state, threshold_schedule
+from ..training import collect_covariances
+from .base import MemoryBank, Step
+from .config import MethodConfig, Searchable, check_threshold, setting
+from .lora_family import LoRAMethod
 from .registry import register_method
+from .results import StepResult
+
+if TYPE_CHECKING:
+    from .context import StepContext
+
+__all__ = ["InfLoRA", "InfLoRAConfig"]
+
+
+@dataclass(frozen=True)
+class InfLoRAConfig(MethodConfig):
+    """Settings of InfLoRA (``method.inflora``)."""
+
+    lamb: float = setting(0.95, "memory threshold after the first task (paper: 0.95 CIFAR-100, 0.98 ImageNet-R)",
+                          Searchable(float, 0.0, 1.0, low_open=True))
+    lame: float = setting(1.0, "threshold the schedule moves towards (paper: 1.0)", Searchable(float, 0.0, 1.0, low_open=True))
+    dual_memory: bool = setting(True, "DualGPM (store the complement past d/2); false is plain GPM (b5 variant)")
+
+    def __post_init__(self) -> None:
+        check_threshold(self.lamb, f"{self.section}.lamb")
+        check_threshold(self.lame, f"{self.section}.lame")
+        if self.lame < self.lamb:
+            raise ValueError(f"{self.section}.lame ({self.lame}) must be >= {self.section}.lamb ({self.lamb}): the threshold schedule rises from lamb to lame")
 
 
 @register_method
-class InfLoRA(ContinualMethod):
+class InfLoRA(LoRAMethod):
     """One designed, frozen-down branch per task; DualGPM memory between tasks."""
 
     name = "inflora"
-    uses_memory = True
+    config_class = InfLoRAConfig
+    config: InfLoRAConfig
 
     def branch_name(self, session: int) -> str:
         return f"task_{session:03d}"
 
-    def design(
-        self,
-        net: ContinualViT,
-        session: int,
-        batches: Batches,
-        memory: MemoryBank | None,
-        device: torch.device,
-        generator: torch.Generator,
-    ) -> Design:
-        covs = collect_covariances(net, batches, device)
+    def steps(self) -> list[Step]:
+        design, train, evaluate = super().steps()
+        return [design, train, Step("update", needs=("train",), writes=("memory",)), evaluate]
+
+    def memory(self, ctx: "StepContext", session: int) -> MemoryBank | None:
+        """Memory bank after ``session`` (``None`` before the first session)."""
+        return None if session < 0 else memory_bank_from_state(ctx.load("memory", session))
+
+    def design(self, net: ContinualViT, ctx: "StepContext") -> tuple[dict[str, Tensor], dict[str, float]]:
+        covs = collect_covariances(net, ctx.train_batches(None), ctx.device)
+        memory = self.memory(ctx, ctx.session - 1)
         downs, inside, free = {}, [], []
         for layer, cov in covs.items():
             layer_memory = memory.get(layer) if memory else None
@@ -52,27 +84,22 @@ class InfLoRA(ContinualMethod):
         if inside:
             info["design/energy_in_memory_mean"] = statistics.fmean(inside)
             info["design/free_dim_min"] = float(min(free))
-        return Design(downs, info)
+        return downs, info
 
-    def update_memory(
-        self,
-        net: ContinualViT,
-        session: int,
-        num_sessions: int,
-        batches: Batches,
-        memory: MemoryBank | None,
-        device: torch.device,
-    ) -> tuple[MemoryBank | None, dict[str, float]]:
-        covs = collect_covariances(net, batches, device)
-        threshold = threshold_schedule(session, num_sessions, self.spec.lamb, self.spec.lame)
-        bank: MemoryBank = dict(memory or {})
+    def step_update(self, ctx: "StepContext") -> StepResult:
+        """DualGPM update after training (official ``update_DualGPM``)."""
+        net = ctx.build_net(ctx.session + 1)
+        covs = collect_covariances(net, ctx.train_batches(None), ctx.device)
+        threshold = threshold_schedule(ctx.session, ctx.num_sessions, self.config.lamb, self.config.lame)
+        bank: MemoryBank = dict(self.memory(ctx, ctx.session - 1) or {})
         info: dict[str, float] = {"memory/threshold": threshold}
         for layer, cov in covs.items():
             if layer not in bank:
-                bank[layer] = SubspaceMemory(cov.shape[0], dual=self.spec.dual_memory)
+                bank[layer] = SubspaceMemory(cov.shape[0], dual=self.config.dual_memory)
             bank[layer].update(cov, threshold)
             info[f"memory/rank/{layer}"] = float(bank[layer].rank)
         ranks = [m.rank for m in bank.values()]
         info["memory/rank_mean"] = statistics.fmean(ranks)
         info["memory/rank_max"] = float(max(ranks))
-        return bank, info
+        ctx.save("memory", memory_bank_state(bank))
+        return StepResult(metrics=info)

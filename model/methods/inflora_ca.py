@@ -1,24 +1,55 @@
 """InfLoRA+CA: InfLoRA with classifier alignment after every task (Liang & Li, CVPR 2024, Sec. 5).
 
-The branches and memory are InfLoRA's; in addition the class-wise Gaussian
-statistics of the final features are kept and, from the second task on, all
-heads are re-trained on sampled features (:mod:`model.alignment`). The
-reference implementation pairs it with plain GPM memory: set
-``method.dual_memory: false`` to match it.
+Follows ``liangyanshuo/InfLoRA``, ``methods/inflora_ca.py`` (``_compute_mean``,
+``_stage2_compact_classifier``): the branches are InfLoRA's, the memory is plain
+GPM (``update_GPM``, so ``dual_memory`` defaults to false here), the class-wise
+Gaussian statistics of the final features are kept and, from the second task
+on, all heads are re-trained on sampled features (:mod:`model.alignment`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ..alignment import AlignSpec, align_heads, class_feature_stats
 from ..net import ContinualViT
-from ..training import Batches
-from .inflora import InfLoRA
+from .base import Step
+from .config import setting
+from .inflora import InfLoRA, InfLoRAConfig
 from .registry import register_method
+from .results import StepResult
+
+if TYPE_CHECKING:
+    from .context import StepContext
+
+__all__ = ["InfLoRACA", "InfLoRACAConfig"]
+
+
+@dataclass(frozen=True)
+class InfLoRACAConfig(InfLoRAConfig):
+    """Settings of InfLoRA+CA (``method.inflora_ca``); the reference's alignment defaults."""
+
+    dual_memory: bool = setting(False, "the reference pairs CA with plain GPM (update_GPM)")
+    ca_epochs: int = setting(5, "epochs of head re-training on sampled features")
+    ca_lr: float = setting(0.01, "SGD learning rate of the alignment")
+    ca_samples_per_class: int = setting(256, "features sampled per class and epoch")
+    ca_logit_norm: float | None = setting(0.1, "per-task logit normalisation temperature (reference: none on CIFAR-100)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        s = self.section
+        if self.ca_epochs < 1:
+            raise ValueError(f"{s}.ca_epochs must be >= 1, got {self.ca_epochs}")
+        if self.ca_samples_per_class < 2:
+            raise ValueError(f"{s}.ca_samples_per_class must be >= 2, got {self.ca_samples_per_class}")
+        if not self.ca_lr > 0:
+            raise ValueError(f"{s}.ca_lr must be > 0, got {self.ca_lr}")
+        if self.ca_logit_norm is not None and not self.ca_logit_norm > 0:
+            raise ValueError(f"{s}.ca_logit_norm must be > 0 or null, got {self.ca_logit_norm}")
 
 
 @register_method
@@ -26,24 +57,37 @@ class InfLoRACA(InfLoRA):
     """InfLoRA + classifier alignment on sampled features."""
 
     name = "inflora_ca"
-    aligns_heads = True
+    config_class = InfLoRACAConfig
+    config: InfLoRACAConfig
+
+    def steps(self) -> list[Step]:
+        design, train, update, evaluate = super().steps()
+        align = Step("align", needs=("train",), writes=("class_stats", "aligned_heads"))
+        return [design, train, update, align, Step("eval", needs=("train", "align"), ordered=True, carries_state=False)]
+
+    def restore(self, net: ContinualViT, ctx: "StepContext", sessions_done: int) -> None:
+        super().restore(net, ctx, sessions_done)
+        aligned = [s for s in range(sessions_done) if ctx.exists("aligned_heads", s)]
+        if aligned:  # the heads as re-trained after the latest aligned session
+            net.load_adapter_state(ctx.load("aligned_heads", aligned[-1]))
 
     def align_spec(self) -> AlignSpec:
-        s = self.spec
-        return AlignSpec(epochs=s.ca_epochs, lr=s.ca_lr, samples_per_class=s.ca_samples_per_class, logit_norm=s.ca_logit_norm)
+        c = self.config
+        return AlignSpec(epochs=c.ca_epochs, lr=c.ca_lr, samples_per_class=c.ca_samples_per_class, logit_norm=c.ca_logit_norm)
 
-    def class_statistics(self, net: ContinualViT, batches: Batches, device: torch.device) -> dict[int, tuple[Tensor, Tensor]]:
-        return class_feature_stats(net, batches, device)
-
-    def align(
-        self,
-        net: ContinualViT,
-        session: int,
-        stats: Mapping[int, tuple[Tensor, Tensor]],
-        task_classes: Sequence[Sequence[int]],
-        generator: torch.Generator,
-        device: torch.device,
-    ) -> list[float]:
-        if session == 0:
-            return []  # one task: nothing to balance (as the reference code)
-        return align_heads(net, stats, task_classes, self.align_spec(), generator, device)
+    def step_align(self, ctx: "StepContext") -> StepResult:
+        net = ctx.build_net(ctx.session + 1)
+        stats = class_feature_stats(net, ctx.measure_batches(ctx.tasks), ctx.device)
+        ctx.save("class_stats", {f"{kind}/{label}": value[i] for label, value in stats.items() for i, kind in enumerate(("mean", "cov"))})
+        for s in range(ctx.session):
+            earlier = ctx.load("class_stats", s)
+            for key in earlier:
+                if key.startswith("mean/"):
+                    label = int(key.split("/")[1])
+                    stats[label] = (earlier[key], earlier[f"cov/{label}"])
+        task_labels = [ctx.task_labels(t) for t in ctx.seen_tasks()]
+        losses: list[float] = []
+        if ctx.session > 0:  # one task: nothing to balance (as the reference code)
+            losses = align_heads(net, stats, task_labels, self.align_spec(), ctx.generator("align"), ctx.device)
+        ctx.save("aligned_heads", net.adapter_state([], list(net.heads.heads)))
+        return StepResult(metrics={"align/final_loss": losses[-1]} if losses else {}, info={"losses": losses})

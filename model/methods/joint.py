@@ -8,20 +8,33 @@ forgetting is possible: this bounds what the sequential methods can reach.
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from torch import Tensor
 
 from ..net import ContinualViT
 from ..subspace import design_down_projection
-from ..training import Batches, collect_covariances
-from .base import ContinualMethod, Design, MemoryBank
+from ..training import collect_covariances
+from .config import MethodConfig
+from .lora_family import LoRAMethod
 from .registry import register_method
+
+if TYPE_CHECKING:
+    from .context import StepContext
+
+
+@dataclass(frozen=True)
+class JointConfig(MethodConfig):
+    """Joint training has no settings of its own (``method.joint``)."""
 
 
 @register_method
-class Joint(ContinualMethod):
+class Joint(LoRAMethod):
     """All tasks in a single session."""
 
     name = "joint"
+    config_class = JointConfig
 
     def sessions(self, num_tasks: int) -> list[list[int]]:
         return [list(range(num_tasks))]
@@ -29,18 +42,7 @@ class Joint(ContinualMethod):
     def branch_name(self, session: int) -> str:
         return "joint"
 
-    def design(
-        self,
-        net: ContinualViT,
-        session: int,
-        batches: Batches,
-        memory: MemoryBank | None,
-        device: torch.device,
-        generator: torch.Generator,
-    ) -> Design:
-        covs = collect_covariances(net, batches, device)
-        downs = {
-            layer: (design_down_projection(cov, None, self.lora.rank) * self.lora.down_scale).float()
-            for layer, cov in covs.items()
-        }
-        return Design(downs)
+    def design(self, net: ContinualViT, ctx: "StepContext") -> tuple[dict[str, Tensor], dict[str, float]]:
+        covs = collect_covariances(net, ctx.train_batches(None), ctx.device)
+        downs = {layer: (design_down_projection(cov, None, self.lora.rank) * self.lora.down_scale).float() for layer, cov in covs.items()}
+        return downs, {}

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from .base import ContinualMethod, LoRASpec, MethodSpec
+    from .base import ContinualMethod
+    from .config import LoRASpec, MethodConfig
 
 _REGISTRY: dict[str, type["ContinualMethod"]] = {}
 
@@ -32,6 +33,12 @@ def get_method_class(name: str) -> type["ContinualMethod"]:
         raise ValueError(f"unknown method {name!r}; known methods: {available_methods()}") from None
 
 
-def create_method(spec: "MethodSpec", lora: "LoRASpec") -> "ContinualMethod":
-    """Instantiate the method named by ``spec.name``."""
-    return get_method_class(spec.name)(spec, lora)
+def method_config_class(name: str) -> type["MethodConfig"]:
+    """The settings class of method ``name``."""
+    return get_method_class(name).config_class
+
+
+def create_method(name: str, config: "MethodConfig | None" = None, lora: "LoRASpec | None" = None) -> "ContinualMethod":
+    """Instantiate method ``name`` with its settings (defaults when ``None``)."""
+    cls = get_method_class(name)
+    return cls(config if config is not None else cls.config_class(), lora)

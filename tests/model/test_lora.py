@@ -129,14 +129,17 @@ def test_only_current_branch_and_head_train(tiny_method_net):
 
 @pytest.fixture
 def tiny_method_net():
-    from model import Design, LoRASpec, MethodSpec, create_method
+    from model import LoRASpec, TrainSpec, create_method
+    from model.methods.memory_context import InMemoryContext
 
     net = tiny_net()
-    method = create_method(MethodSpec(), LoRASpec(rank=2))
-    g = torch.Generator().manual_seed(0)
+    method = create_method("inflora", lora=LoRASpec(rank=2))
+    ctx = InMemoryContext(method, net.backbone, [[], []], [2, 2], TrainSpec())
     downs = {name: orthonormal_rows(2, 16, i) for i, name in enumerate(net.lora_layers)}
-    method.begin_session(net, 0, Design(downs), {"task_000": 2}, g)
-    params = method.begin_session(net, 1, Design(dict(downs)), {"task_001": 2}, g)
+    for session in (0, 1):
+        ctx.session, ctx.tasks = session, [session]
+        ctx.save("design", downs)
+        params = method.begin_session(net, ctx)
     return net, params
 
 

@@ -8,8 +8,11 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from model import ContinualViT, LoRASpec, MethodSpec, TrainSpec, available_methods, create_backbone, create_method, probe_sq_norm, train_session
+from model import LoRASpec, TrainSpec, available_methods, create_backbone, create_method, probe_sq_norm
 from model.lora import BranchChange
+from model.methods import method_config_class
+from model.methods.memory_context import InMemoryContext
+from model.subspace import memory_bank_from_state
 
 OVERRIDES = {"img_size": 8, "patch_size": 4, "in_chans": 1, "embed_dim": 32, "depth": 2, "num_heads": 2}
 DEVICE = torch.device("cpu")
@@ -18,22 +21,27 @@ DEVICE = torch.device("cpu")
 def test_registry_knows_the_methods_and_rejects_unknown_names():
     assert {"inflora", "seq_lora", "joint"} <= set(available_methods())
     with pytest.raises(ValueError, match="unknown method 'nope'; known methods"):
-        create_method(MethodSpec(name="nope"), LoRASpec())
+        create_method("nope")
 
 
-def test_method_spec_validation():
+def test_method_config_validation():
+    inflora = method_config_class("inflora")
     with pytest.raises(ValueError, match="method.lamb"):
-        MethodSpec(lamb=1.5)
+        inflora(lamb=1.5)
     with pytest.raises(ValueError, match="method.lame"):
-        MethodSpec(lame=0)
+        inflora(lame=0)
+    with pytest.raises(ValueError, match="method.lame .* must be >= method.lamb"):
+        inflora(lamb=0.9, lame=0.5)
     with pytest.raises(ValueError, match="lora.rank"):
         LoRASpec(rank=0)
+    with pytest.raises(TypeError, match="takes a InfLoRAConfig"):
+        create_method("inflora", method_config_class("sd_lora")())
 
 
 def test_sessions():
-    assert create_method(MethodSpec(name="inflora"), LoRASpec()).sessions(3) == [[0], [1], [2]]
-    assert create_method(MethodSpec(name="joint"), LoRASpec()).sessions(3) == [[0, 1, 2]]
-    seq = create_method(MethodSpec(name="seq_lora"), LoRASpec())
+    assert create_method("inflora").sessions(3) == [[0], [1], [2]]
+    assert create_method("joint").sessions(3) == [[0, 1, 2]]
+    seq = create_method("seq_lora")
     assert {seq.branch_name(s) for s in range(3)} == {"shared"}
 
 
@@ -53,24 +61,26 @@ def family(generator: torch.Generator, offset: int, n: int = 256, k: int = 2):
 LAMB = 1 - 1e-6
 
 
-def run_two_tasks(method_name: str, lamb: float = LAMB):
+def run_two_tasks(method_name: str, lamb: float = LAMB, rank: int = 2):
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        net = ContinualViT(create_backbone("vit_tiny_patch16_224", overrides=OVERRIDES))
+        backbone = create_backbone("vit_tiny_patch16_224", overrides=OVERRIDES)
     g = torch.Generator().manual_seed(1)
     tasks = [family(g, 0), family(g, 2)]
-    method = create_method(MethodSpec(name=method_name, lamb=lamb), LoRASpec(rank=2))
-    spec = TrainSpec(lr=1e-2, epochs=5)
-    memory, features_before, memories = None, None, []
-    for s, data in enumerate(tasks):
+    config = method_config_class(method_name)(**({"lamb": lamb} if method_name == "inflora" else {}))
+    method = create_method(method_name, config, LoRASpec(rank=rank))
+    ctx = InMemoryContext(method, backbone, tasks, [2, 2], TrainSpec(lr=1e-2, epochs=5))
+    memories, features_before = [], None
+    for s in range(2):
         if s == 1:
             with torch.no_grad():
-                features_before = torch.cat([net.features(x) for x, _ in tasks[0]])
-        design = method.design(net, s, data, memory, DEVICE, g)
-        params = method.begin_session(net, s, design, {f"task_{s:03d}": 2}, g)
-        train_session(net, params, data, spec, head_names=[f"task_{s:03d}"], class_offset=2 * s, device=DEVICE)
-        memory, _ = method.update_memory(net, s, 2, data, memory, DEVICE)
+                features_before = torch.cat([ctx.build_net(1).features(x) for x, _ in tasks[0]])
+        for step in method.steps():
+            if step.name != "eval":
+                ctx.run(s, step.name)
+        memory = memory_bank_from_state(ctx.load("memory", s)) if ctx.exists("memory", s) else None
         memories.append({k: m.projector() for k, m in memory.items()} if memory else None)
+    net = ctx.build_net(2)
     with torch.no_grad():
         features_after = torch.cat([net.features(x) for x, _ in tasks[0]])
     return net, method, tasks, memories, features_before, features_after
@@ -102,5 +112,7 @@ def test_seq_lora_interferes_where_inflora_does_not():
 def test_memory_that_fills_the_space_is_a_clear_error():
     from model.subspace import SubspaceError
 
-    with pytest.raises(SubspaceError, match="larger than the 0 input dimensions left outside"):
-        run_two_tasks("inflora", lamb=1.0)
+    # with lamb = 1 the first task's memory keeps every direction its inputs span
+    # (24 of the 32 at the first block), leaving fewer than the rank outside
+    with pytest.raises(SubspaceError, match=r"larger than the \d+ input dimensions left outside"):
+        run_two_tasks("inflora", lamb=1.0, rank=12)

@@ -43,10 +43,10 @@ def main() -> None:
     elif when == "end":
         original_mark = state_module.RunDir.mark_done
 
-        def mark_done(self, key, info):
+        def mark_done(self, key, info, outputs=None):
             if str(key) == target:
                 die()
-            original_mark(self, key, info)
+            original_mark(self, key, info, outputs)
 
         state_module.RunDir.mark_done = mark_done
     elif when == "epoch":

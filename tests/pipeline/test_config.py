@@ -45,7 +45,7 @@ def test_bad_values_name_the_key(data, message):
 def test_defaults_are_the_paper_defaults():
     cfg = config_from_dict({})
     assert cfg.train.optimizer == "adam" and cfg.train.lr == 5e-4 and cfg.train.batch_size == 128
-    assert cfg.lora.rank == 10 and cfg.method.lamb == 0.95 and cfg.method.lame == 1.0
+    assert cfg.lora.rank == 10 and cfg.method.config.lamb == 0.95 and cfg.method.config.lame == 1.0
     assert cfg.backbone.name.startswith("vit_base_patch16_224")
 
 

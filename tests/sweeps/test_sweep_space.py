@@ -49,7 +49,7 @@ def test_space_maps_parameters_to_config_keys(tmp_path, weights_path):
     assert dists["lame"].choices == (0.99, 1.0)
     assert dists["epochs"].step == 2
     cfg = sweep.trial_config({"rank": 7, "lamb": 0.9, "lame": 1.0, "lr": 2e-3, "epochs": 3}, "t1")
-    assert (cfg.lora.rank, cfg.method.lamb, cfg.method.lame, cfg.train.lr, cfg.train.epochs) == (7, 0.9, 1.0, 2e-3, 3)
+    assert (cfg.lora.rank, cfg.method.config.lamb, cfg.method.config.lame, cfg.train.lr, cfg.train.epochs) == (7, 0.9, 1.0, 2e-3, 3)
     assert Path(cfg.output_dir) == sweep.dir / "trials" / "t1"
     assert cfg.resources.executor == "local" and cfg.resources.cpus_per_stage == 1.0
     assert sweep.space.describe()["lr"] == "float [0.0001, 0.01] log"
@@ -75,7 +75,7 @@ def test_embedding_dimension_without_override_builds_the_backbone(tmp_path, weig
 @pytest.mark.parametrize(
     "space, message",
     [
-        ({"rnak": {"low": 1, "high": 4}}, r"sweep.space: unknown parameter\(s\) rnak; known: rank \(lora.rank"),
+        ({"rnak": {"low": 1, "high": 4}}, r"sweep.space: unknown parameter\(s\) rnak for method 'inflora'; known: rank \(lora.rank"),
         ({"rank": {"low": 4, "high": 4}}, r"sweep.space.rank: empty range \[4, 4\]"),
         ({"lamb": {"low": 0.99, "high": 0.9}}, r"sweep.space.lamb: empty range \[0.99, 0.9\]"),
         ({"lamb": {"low": 0.8, "high": 1.2}}, r"sweep.space.lamb.high = 1.2 is outside the allowed values \(0.0, 1.0\]"),
@@ -116,7 +116,7 @@ def test_bad_spaces_name_the_key(tmp_path, weights_path, space, message):
         ({"enqueue": [{"rank": 3}]}, {}, r"sweep.enqueue\[0\] must give exactly the swept parameters"),
         ({"enqueue": [{"rank": 30, "lamb": 0.9}]}, {}, r"sweep.enqueue\[0\].rank = 30 is outside the space"),
         ({}, {"data": {"val_fraction": 0.0}}, "data.val_fraction must be > 0 for a sweep"),
-        ({}, {"method": {"name": "seq_lora"}}, "lamb only change methods with a memory"),
+        ({}, {"method": {"name": "seq_lora"}}, r"unknown parameter\(s\) lamb for method 'seq_lora'"),
     ],
 )
 def test_bad_sweep_sections_name_the_key(tmp_path, weights_path, sweep, sections, message):
