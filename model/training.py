@@ -34,7 +34,7 @@ Batches = Iterable[tuple[Tensor, Tensor]]
 
 _OPTIMIZERS = ("adam", "sgd")
 _PRECISIONS = ("fp32", "bf16")
-_SCHEDULERS = ("cosine", "multistep")
+_SCHEDULERS = ("cosine", "multistep", "constant")
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,8 @@ class TrainSpec:
         precision: ``"bf16"`` autocasts forward passes where the device supports it.
         scheduler: ``"cosine"`` (Adam: the reference's ``CosineSchedule``; SGD:
             ``CosineAnnealingLR``) or ``"multistep"`` (``MultiStepLR`` at
-            ``milestones`` by ``gamma``, the reference's DomainNet schedule).
+            ``milestones`` by ``gamma``, the reference's DomainNet schedule) or
+            ``"constant"`` (SD-LoRA's official ``MultiStepLR`` at epoch 10000).
         head_lr: learning rate of the heads when it differs from ``lr`` (the
             reference's ``fc_lrate`` on DomainNet).
         compile: run the training forward through ``torch.compile``.
@@ -147,7 +148,9 @@ def make_optimizer(
     else:
         opt = torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
     sched: torch.optim.lr_scheduler.LRScheduler
-    if spec.scheduler == "multistep":
+    if spec.scheduler == "constant":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0)
+    elif spec.scheduler == "multistep":
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(spec.milestones), gamma=spec.gamma)
     elif spec.optimizer == "adam":
         sched = torch.optim.lr_scheduler.LambdaLR(opt, reference_cosine(spec.epochs))
