@@ -262,7 +262,7 @@ def test_coda_ortho_term_zero_for_orthogonal_components_positive_otherwise():
     want = 0.0
     for slot in range(len(pool.layers)):
         for name in ("k", "a", "p"):
-            t = torch.cat([getattr(c, name)[slot].reshape(pool.per_task, -1) for c in pool.components.values()])
+            t = torch.cat([getattr(c, name)[slot].detach().reshape(pool.per_task, -1) for c in pool.components.values()])
             want += float(((t @ t.T - torch.eye(len(t))) ** 2).mean())
     assert float(net.aux_loss().detach()) > 1e-3
     assert float(net.aux_loss().detach()) == pytest.approx(pool.ortho_mu * want, rel=1e-5)
