@@ -85,7 +85,10 @@ def _cached_source(data_json: str, backbone_name: str) -> DataSource:
 @functools.lru_cache(maxsize=2)
 def _cached_backbone(backbone_json: str) -> torch.nn.Module:
     b = json.loads(backbone_json)
-    return create_backbone(b["name"], pretrained=b["pretrained"], checkpoint=b["checkpoint"], overrides=b["overrides"])
+    return create_backbone(
+        b["name"], pretrained=b["pretrained"], checkpoint=b["checkpoint"], overrides=b["overrides"],
+        reset_final_norm=b.get("reset_final_norm", False),
+    )
 
 
 def stage_plan(method: ContinualMethod, num_tasks: int) -> list[StageKey]:
@@ -219,7 +222,8 @@ class StageContext:
 def split_stage(ctx: StageContext, session: int) -> dict[str, Any]:
     data = ctx.cfg.data
     split = make_split(
-        ctx.source, data.num_tasks, ctx.seed, data.class_order, data.val_fraction, data.max_train_per_class, data.test_fraction
+        ctx.source, data.num_tasks, ctx.seed, data.class_order, data.val_fraction, data.max_train_per_class, data.test_fraction,
+        split_seed=data.split_seed,
     )
     ctx.run_dir.write_json("split.json", split.to_dict())
     return {
@@ -228,6 +232,7 @@ def split_stage(ctx: StageContext, session: int) -> dict[str, Any]:
         "train_sizes": [len(x) for x in split.train],
         "val_sizes": [len(x) for x in split.val],
         "test_sizes": [len(x) for x in split.test],
+        "protocol": split.protocol,
     }
 
 
