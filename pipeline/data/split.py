@@ -102,7 +102,7 @@ def split_protocol(source: DataSource, test_fraction: float, split_seed: int | N
     """What defines the train/test split of a run (recorded in ``split.json``)."""
     protocol: dict[str, Any] = {k: v for k, v in source.info.items() if k.startswith("split_file")}
     if source.has_test_split:
-        protocol["test_split"] = "split file" if "split_file_test" in protocol else "official test pool"
+        protocol["test_split"] = source.info.get("split") or "the data set's own test pool"
     elif split_seed is not None:
         protocol["test_split"] = f"one {test_fraction:g} draw over the whole pool from split_seed (InfLoRA official)"
         protocol["split_seed"] = split_seed

@@ -152,3 +152,30 @@ def test_split_seed_shares_one_split_across_run_seeds(imagenet_r_root):
     per_class = make_split(source, 2, 0, "fixed", 0.1, test_fraction=0.2)
     assert per_class.protocol["test_split"].endswith("seeded by the run seed")
     assert [len(t) for t in per_class.test] == [4, 4]  # per class: 2 of each class's 10
+
+
+def test_split_stage_records_the_protocol(imagenet_r_root, tmp_path):
+    """The split stage writes the protocol into ``split.json`` and into its result (what MLflow gets)."""
+    from pipeline.stages import RunSpec, init_run_dir, run_stage
+    from pipeline.state import StageKey
+
+    train, train_y, test, test_y = _listed(imagenet_r_root)
+    tr = _write_yaml(tmp_path / "train.yaml", train, train_y)
+    te = _write_text(tmp_path / "test.txt", test, test_y)
+    cfg = config_from_dict({
+        "backbone": {"name": "vit_tiny_patch16_224", "pretrained": False},
+        "data": {"name": "imagenet_r", "root": str(imagenet_r_root / "imagenet-r"), "num_tasks": 2, "image_size": 8,
+                 "val_fraction": 0.0, "split_file": str(tr), "split_file_test": str(te), "split_prefix": PREFIX},
+        "tracking": {"enabled": False},
+    })
+    spec = RunSpec(cfg, 3, str(tmp_path / "run"))
+    run_dir = init_run_dir(spec, {})
+    info = run_stage(spec, StageKey.split())
+    expected = {
+        "test_split": "split file",
+        "split_file": str(tr), "split_file_sha256": hashlib.sha256(tr.read_bytes()).hexdigest(),
+        "split_file_test": str(te), "split_file_test_sha256": hashlib.sha256(te.read_bytes()).hexdigest(),
+    }
+    assert info["protocol"] == expected
+    assert run_dir.read_json("split.json")["protocol"] == expected
+    assert sorted(info["class_order"]) == [0, 1, 2, 3]
