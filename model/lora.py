@@ -141,6 +141,7 @@ class InfLoRAQKV(nn.Module):
         q, k, v = out.split(self.attn_dim, dim=-1)
         return torch.cat([q, k + delta_k, v + delta_v], dim=-1)
 
+    @torch.compiler.disable
     @torch.no_grad()
     def _frozen_weight(self, frozen: list[LoRABranch]) -> Tensor:
         """``W + [0; Σ up_k·down; Σ up_v·down]`` over the frozen branches, cached.
@@ -149,6 +150,12 @@ class InfLoRAQKV(nn.Module):
         the base weight is never modified, so nothing has to be unmerged. The
         cache is rebuilt whenever a source tensor changes (in-place version,
         storage, dtype or device), e.g. after ``load_state_dict``.
+
+        Kept out of ``torch.compile`` graphs: traced, the cache key (tensor ids,
+        versions, data pointers) becomes per-layer guards that recompile every
+        wrapped layer and, past dynamo's cache limit, fall back to slow paths
+        (measured on the CPU smoke of ``benchmarks/gpu_check.py``: 6 images/s
+        compiled against 453 with this decorator).
         """
         sources = [self.base_layer.weight] + [t for b in frozen for t in (b.down, b.up_k, b.up_v)]
         key = tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device) for t in sources)
