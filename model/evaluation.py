@@ -19,12 +19,16 @@ import resource
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from .net import ContinualViT
 from .training import Batches, autocast_context
+
+if TYPE_CHECKING:
+    import numpy
 
 __all__ = ["Predictions", "head_sizes", "predict_with_tasks", "peak_memory_mb", "reset_peak_memory"]
 
@@ -47,6 +51,10 @@ class Predictions:
 
     def __len__(self) -> int:
         return int(self.labels.numel())
+
+    def as_numpy(self) -> dict[str, "numpy.ndarray"]:
+        """The four arrays by name, e.g. for ``pipeline.metrics.prediction_accuracies(**p.as_numpy(), head_sizes=…)``."""
+        return {k: getattr(self, k).numpy() for k in ("labels", "class_il", "task_il", "task_id")}
 
 
 def head_sizes(net: ContinualViT, head_names: Sequence[str]) -> list[int]:

@@ -116,8 +116,9 @@ class DataConfig:
         val_fraction: share of each class's training samples held out for validation.
         image_size: side of the square input images.
         max_train_per_class: cap on training samples per class (a harder protocol).
-        test_fraction: share of each class held out for testing, for data sets
-            without an official test split (ImageNet-R); seeded by the run's seed.
+        test_fraction: share held out for testing, for data sets without an
+            official test split (ImageNet-R): of each class, seeded by the run's
+            seed, or of the whole pool in one draw from ``split_seed``.
         normalization: ``"backbone"`` (mean/std of the backbone's timm
             ``pretrained_cfg``), ``"none"`` (images in [0, 1], as the reference
             code feeds its in21k ViT) or ``"imagenet"``.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from model.backbone import create_backbone
-from model.evaluation import peak_memory_mb, predict_with_tasks
+from model.evaluation import head_sizes, peak_memory_mb, predict_with_tasks
 from model.net import ContinualViT
 from model.training import predict
 
@@ -63,3 +63,14 @@ def test_peak_rss_grows_with_a_large_allocation():
     assert float(block.sum()) > 0
     assert after["rss"] >= before and set(after) == {"rss"}
     assert after["rss"] > 64  # the process holds at least the block
+
+
+def test_as_numpy_feeds_the_pipeline_metrics():
+    from pipeline.metrics import prediction_accuracies
+
+    logits = torch.tensor([[5.0, 1.0, 2.0, 3.0, 4.0], [3.0, 1.0, 9.0, 2.0, 0.0]])
+    net = _identity_net()
+    p = predict_with_tasks(net, [(logits, torch.tensor([0, 1]))], torch.device("cpu"), ["task_000", "task_001"])
+    # sample 0 right everywhere; sample 1: class-IL 2 (wrong), within head 0 → 0 (wrong), task 1 (wrong)
+    acc = prediction_accuracies(**p.as_numpy(), head_sizes=head_sizes(net, ["task_000", "task_001"]))
+    assert acc == {"class_il": 0.5, "task_il": 0.5, "task_id": 0.5}

@@ -179,3 +179,21 @@ def test_split_stage_records_the_protocol(imagenet_r_root, tmp_path):
     assert info["protocol"] == expected
     assert run_dir.read_json("split.json")["protocol"] == expected
     assert sorted(info["class_order"]) == [0, 1, 2, 3]
+
+
+def test_split_seed_holds_out_the_images_the_official_code_does(imagenet_r_root):
+    """InfLoRA ``iIMAGENET_R.download_data``: ``torch.manual_seed(seed)`` (trainer ``_set_random``), then
+    ``random_split(datasets.ImageFolder(data_path), [int(0.8 N), N - int(0.8 N)])``; the val part is the test split."""
+    from torchvision import datasets
+
+    folder = imagenet_r_root / "imagenet-r"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        official = datasets.ImageFolder(str(folder))
+        n = len(official)
+        _, val = torch.utils.data.random_split(official, [int(0.8 * n), n - int(0.8 * n)])
+    official_test = {official.imgs[i][0] for i in val.indices}
+    source = load_dataset(DataConfig(name="imagenet_r", root=str(imagenet_r_root), image_size=8))
+    split = make_split(source, 2, seed=4, class_order="fixed", val_fraction=0.0, test_fraction=0.2, split_seed=0)
+    ours = {source.measure_pool.files[i].decode() for t in split.test for i in t}
+    assert ours == official_test and len(ours) == 8
