@@ -263,6 +263,8 @@ def write_report(path: Path, s: Settings, device: torch.device, steps: list[dict
         "| gpus_per_stage | runs at once | wall s | stage device | peak GPU MiB in use (all processes) | final acc (random data) |",
         "|---|---|---|---|---|---|",
     ]
+    if not stages:
+        lines.append("| (not finished) | | | | | |")
     for r in stages:
         accs = ", ".join(f"{a:.3f}" for a in r["final_acc"])
         lines.append(f"| {r['gpus_per_stage']:g} | {r['runs']} | {r['wall_s']:.1f} | {r['stage_devices']} | {r['peak_device_mib']:.0f} | {accs} |")
@@ -295,6 +297,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(1)
     s = settings(args.cpu_smoke)
     steps = measure_steps(s, device, log)
+    # written after each part, so that a check stopped by its time limit keeps what it measured
+    write_report(args.out, s, device, steps, [], args.cpu_smoke, time.perf_counter() - started)
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the stages' memory is measured above what the driver still holds
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
