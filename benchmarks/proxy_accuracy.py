@@ -93,7 +93,7 @@ def main() -> None:
         "",
         f"Backbone: `{cfg.backbone.name}` with {cfg.backbone.overrides}, weights `{Path(cfg.backbone.checkpoint).name}` "
         f"(pretrained here on {cfg.backbone.pretrain.dataset if cfg.backbone.pretrain else 'external data'}).",
-        f"LoRA rank {cfg.lora.rank}, lamb {cfg.method.lamb}, {cfg.train.optimizer} lr {cfg.train.lr}, "
+        f"LoRA rank {cfg.lora.rank}, method {cfg.method.name} {cfg.method.config}, {cfg.train.optimizer} lr {cfg.train.lr}, "
         f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size}.",
         "",
         "Accuracy in %, mean ± std over seeds. final/average acc: per-task mean (the paper's); weighted: over all test samples; "

@@ -23,7 +23,7 @@ import timm
 import torch
 from torch import nn
 
-__all__ = ["BackboneError", "create_backbone", "load_state_dict_file", "save_backbone"]
+__all__ = ["BackboneError", "create_backbone", "load_state_dict_file", "replace_final_norm", "save_backbone"]
 
 _logger = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ def create_backbone(
     pretrained: bool = False,
     checkpoint: str | os.PathLike[str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    reset_final_norm: bool = False,
 ) -> nn.Module:
     """Build a headless timm ViT, optionally loading weights.
 
@@ -80,6 +81,8 @@ def create_backbone(
         checkpoint: local weights file; takes precedence over ``pretrained``.
         overrides: keyword arguments for the timm constructor (``img_size``,
             ``patch_size``, ``embed_dim``, ``depth``, ``num_heads``, ``in_chans``…).
+        reset_final_norm: after loading the weights, replace the final norm by a
+            fresh :class:`torch.nn.LayerNorm` (see :func:`replace_final_norm`).
 
     Returns:
         The model in ``eval()`` mode with every parameter frozen.
@@ -99,9 +102,34 @@ def create_backbone(
         raise BackboneError(f"{name!r} is not a Vision Transformer (no .blocks); InfLoRA wraps ViT attention")
     if checkpoint is not None:
         _load_checkpoint(model, Path(checkpoint))
+    if reset_final_norm:
+        replace_final_norm(model)
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def replace_final_norm(model: nn.Module) -> nn.LayerNorm:
+    """Swap the ViT's final ``norm`` for a fresh ``nn.LayerNorm(num_features)`` (weight 1, bias 0).
+
+    The reference's ``InfLoRA_CA1`` (``methods/inflora_ca1.py``, used by
+    ``configs/cifar100_infloraca.json``) does this on CIFAR-100 —
+    ``del image_encoder.norm; image_encoder.norm = nn.LayerNorm(768)`` — which
+    discards the pretrained affine parameters and uses PyTorch's default eps
+    (1e-5, timm's ViT uses 1e-6). The fresh norm is frozen like the rest of the
+    backbone (the reference trains only the LoRA ``up`` and the heads), so it is
+    the same in every stage that rebuilds the network.
+
+    Raises:
+        BackboneError: the model has no final LayerNorm ``norm`` (e.g. it pools
+            with ``fc_norm``).
+    """
+    old = getattr(model, "norm", None)
+    if not isinstance(old, nn.LayerNorm):
+        raise BackboneError(f"backbone.reset_final_norm: the model's final norm is {type(old).__name__}, not a LayerNorm")
+    fresh = nn.LayerNorm(int(model.num_features)).to(device=old.weight.device, dtype=old.weight.dtype)  # type: ignore[arg-type]
+    model.norm = fresh
+    return fresh
 
 
 def _load_checkpoint(model: nn.Module, path: Path) -> None:

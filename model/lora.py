@@ -208,6 +208,7 @@ class LoRAQKV(nn.Module):
                 parts[i] = parts[i] + deltas[target]
         return torch.cat(parts, dim=-1)
 
+    @torch.compiler.disable
     @torch.no_grad()
     def _frozen_weight(self, frozen: list[Branch]) -> Tensor:
         """``W`` plus every frozen branch's ``up·down`` on its target rows, cached.
@@ -217,6 +218,13 @@ class LoRAQKV(nn.Module):
         cache is rebuilt whenever a source tensor changes (in-place version,
         storage, dtype or device), e.g. after ``load_state_dict`` or when a
         magnitude that scales a frozen direction moves.
+
+
+        Kept out of ``torch.compile`` graphs: traced, the cache key (tensor ids,
+        versions, data pointers) becomes per-layer guards that recompile every
+        wrapped layer and, past dynamo's cache limit, fall back to slow paths
+        (measured on the CPU smoke of ``benchmarks/gpu_check.py``: 6 images/s
+        compiled against 453 with this decorator).
         """
         sources = [self.base_layer.weight] + [t for b in frozen for t in b.cache_sources()]
         key = tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device) for t in sources)

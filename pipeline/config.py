@@ -81,6 +81,9 @@ class BackboneConfig:
         checkpoint: local weights file; wins over ``pretrained``.
         overrides: timm constructor arguments (``img_size``, ``depth``…).
         pretrain: recipe to create ``checkpoint`` when it is missing (CPU demo).
+        reset_final_norm: replace the backbone's final LayerNorm by a fresh,
+            frozen ``nn.LayerNorm`` (weight 1, bias 0, eps 1e-5), as the reference's
+            ``InfLoRA_CA1`` does on CIFAR-100 (``methods/inflora_ca1.py``).
     """
 
     name: str = "vit_base_patch16_224.augreg_in21k"
@@ -88,6 +91,7 @@ class BackboneConfig:
     checkpoint: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     pretrain: PretrainConfig | None = None
+    reset_final_norm: bool = False
 
     def __post_init__(self) -> None:
         import timm
@@ -114,13 +118,26 @@ class DataConfig:
         val_fraction: share of each class's training samples held out for validation.
         image_size: side of the square input images.
         max_train_per_class: cap on training samples per class (a harder protocol).
-        test_fraction: share of each class held out for testing, for data sets
-            without an official test split (ImageNet-R); seeded by the run's seed.
+        test_fraction: share held out for testing, for data sets without an
+            official test split (ImageNet-R): of each class, seeded by the run's
+            seed, or of the whole pool in one draw from ``split_seed``.
         normalization: ``"backbone"`` (mean/std of the backbone's timm
             ``pretrained_cfg``), ``"none"`` (images in [0, 1], as the reference
             code feeds its in21k ViT) or ``"imagenet"``.
         num_workers: DataLoader worker processes.
         options: data-set-specific settings.
+        split_file: a declared training list — a CODA-Prompt-style YAML file
+            (``data:`` image paths, ``targets:`` labels) or a text file of
+            ``<path> <label>`` lines; it replaces the data set's own training pool.
+        split_file_test: the matching test list; without it the test split is
+            held out of ``split_file``'s pool (``test_fraction``).
+        split_prefix: leading part of every listed path (``data/imagenet-r/``)
+            stripped before the path is resolved against ``root``.
+        split_seed: draw the held-out test split once from this seed, as one
+            ``test_fraction`` draw over the whole pool (InfLoRA's official
+            ImageNet-R protocol, ``torch.utils.data.random_split``), so that every
+            run seed shares one split; ``None`` holds out ``test_fraction`` of each
+            class, seeded by the run's seed.
     """
 
     name: str = "digits"
@@ -134,9 +151,14 @@ class DataConfig:
     normalization: str = "backbone"
     num_workers: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    split_file: str | None = None
+    split_file_test: str | None = None
+    split_prefix: str | None = None
+    split_seed: int | None = None
 
     def __post_init__(self) -> None:
         from .data import available_datasets
+        from .data.split_file import SPLIT_FILE_DATASETS
 
         if self.name not in available_datasets():
             raise ValueError(f"data.name: unknown data set {self.name!r}; known: {available_datasets()}")
@@ -156,6 +178,13 @@ class DataConfig:
             raise ValueError(f"data.normalization must be 'backbone', 'none' or 'imagenet', got {self.normalization!r}")
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.split_file is None and (self.split_file_test is not None or self.split_prefix is not None):
+            raise ValueError("data.split_file_test and data.split_prefix need data.split_file (the training list)")
+        if self.split_file is not None and self.name not in SPLIT_FILE_DATASETS:
+            raise ValueError(
+                f"data.split_file lists image files; data set {self.name!r} is not read from image files "
+                f"(use one of {sorted(SPLIT_FILE_DATASETS)})"
+            )
 
 
 @dataclass(frozen=True)
@@ -274,7 +303,13 @@ class RunConfig:
 
 
 # --------------------------------------------------------------------------- loading
-_PATH_KEYS = {("backbone", "checkpoint"), ("data", "root"), ("output_dir",)}
+_PATH_KEYS = {
+    ("backbone", "checkpoint"),
+    ("data", "root"),
+    ("data", "split_file"),
+    ("data", "split_file_test"),
+    ("output_dir",),
+}
 
 
 def _is_dataclass_type(tp: Any) -> bool:

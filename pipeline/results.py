@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .metrics import accuracy_matrix, session_accuracy, summarize
+from .metrics import accuracy_matrix, old_new_accuracy, session_accuracy, summarize
 from .stages import read_result
 from .state import RunDir, StageKey
 
@@ -28,12 +28,30 @@ class RunResults:
         return len(self.test)
 
     def summary(self, part: str = "test") -> dict[str, float]:
-        matrix = self.test if part == "test" else self.val
-        if matrix.empty or matrix.isna().all().all():  # e.g. no validation split
+        if not self.has(part):  # e.g. no validation split
             return {}
+        matrix = self.test if part == "test" else self.val
         return summarize(matrix.to_numpy(), self.counts, self.learned_at)
 
+    def has(self, part: str) -> bool:
+        """Whether ``part`` was evaluated at all (``val`` is empty with ``val_fraction: 0``)."""
+        matrix = self.test if part == "test" else self.val
+        return not (matrix.empty or matrix.isna().all().all())
+
+    def old_new(self) -> dict[str, list[float]]:
+        """Per session, test accuracy on old tasks and on the session's new tasks.
+
+        Test only: the eval records count test samples, the weights of the mean.
+        """
+        if not self.has("test"):
+            return {}
+        old, new = old_new_accuracy(self.test.to_numpy(), self.counts, self.learned_at)
+        return {"old": old.tolist(), "new": new.tolist()}
+
     def curves(self, part: str = "test") -> dict[str, list[float]]:
+        """Accuracy after each session (empty if ``part`` was not evaluated)."""
+        if not self.has(part):
+            return {}
         matrix = self.test if part == "test" else self.val
         task_mean, weighted = session_accuracy(matrix.to_numpy(), np.asarray(self.counts, dtype=float))
         return {"task_mean": task_mean.tolist(), "sample_weighted": weighted.tolist()}

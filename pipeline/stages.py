@@ -135,7 +135,10 @@ def _cached_source(data_json: str, backbone_name: str) -> DataSource:
 @functools.lru_cache(maxsize=2)
 def _cached_backbone(backbone_json: str) -> torch.nn.Module:
     b = json.loads(backbone_json)
-    return create_backbone(b["name"], pretrained=b["pretrained"], checkpoint=b["checkpoint"], overrides=b["overrides"])
+    return create_backbone(
+        b["name"], pretrained=b["pretrained"], checkpoint=b["checkpoint"], overrides=b["overrides"],
+        reset_final_norm=b.get("reset_final_norm", False),
+    )
 
 
 def _load_source(cfg: RunConfig) -> DataSource:
@@ -287,7 +290,8 @@ def split_stage(spec: RunSpec) -> tuple[StepResult, dict[str, str]]:
     cfg, run_dir = spec.config, RunDir(spec.run_dir)
     data = cfg.data
     split = make_split(
-        _load_source(cfg), data.num_tasks, spec.seed, data.class_order, data.val_fraction, data.max_train_per_class, data.test_fraction
+        _load_source(cfg), data.num_tasks, spec.seed, data.class_order, data.val_fraction, data.max_train_per_class, data.test_fraction,
+        split_seed=data.split_seed,
     )
     run_dir.write_json("split.json", split.to_dict())
     info = {
@@ -296,6 +300,7 @@ def split_stage(spec: RunSpec) -> tuple[StepResult, dict[str, str]]:
         "train_sizes": [len(x) for x in split.train],
         "val_sizes": [len(x) for x in split.val],
         "test_sizes": [len(x) for x in split.test],
+        "protocol": split.protocol,
     }
     return StepResult(info=info), {"split.json": run_dir.file_sha256("split.json")}
 

@@ -92,13 +92,19 @@ def load_dataset(cfg: "DataConfig", normalization: Normalization = None) -> Data
     """Load the data set named by ``cfg.name`` and check it is usable.
 
     Args:
-        cfg: the data section of the run config.
+        cfg: the data section of the run config; with ``data.split_file`` the
+            pools are the listed images (:mod:`pipeline.data.split_file`).
         normalization: ``(mean, std)`` the images are normalised with (image
             data sets); see :func:`pipeline.data.transforms.resolve_normalization`.
     """
     if cfg.name not in _REGISTRY:
         raise DatasetError(f"unknown data set {cfg.name!r}; known: {available_datasets()}")
-    source = _REGISTRY[cfg.name](cfg, normalization)
+    if getattr(cfg, "split_file", None) is not None:  # a declared split replaces the data set's own pools
+        from .split_file import load_split_files
+
+        source = load_split_files(cfg, normalization)
+    else:
+        source = _REGISTRY[cfg.name](cfg, normalization)
     if len(source.train_targets) == 0:
         raise DatasetError(f"data set {cfg.name!r} has no training samples")
     return source

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from model.backbone import BackboneError, create_backbone, load_state_dict_file, save_backbone
+from model.backbone import BackboneError, create_backbone, load_state_dict_file, replace_final_norm, save_backbone
 
 OVERRIDES = {"img_size": 8, "patch_size": 4, "in_chans": 1, "embed_dim": 16, "depth": 1, "num_heads": 2}
 
@@ -63,3 +63,24 @@ def test_pickled_code_is_refused(tmp_path):
     torch.save({"x": Evil()}, path)
     with pytest.raises(BackboneError, match="corrupt or not a weights file"):
         load_state_dict_file(path)
+
+
+def test_reset_final_norm_is_a_fresh_frozen_layernorm():
+    """InfLoRA_CA1 on CIFAR-100: ``image_encoder.norm = nn.LayerNorm(768)`` after loading the weights."""
+    torch.manual_seed(0)
+    model = create_backbone("vit_tiny_patch16_224", overrides=OVERRIDES)
+    with torch.no_grad():
+        model.norm.weight.uniform_(0.5, 2.0)  # stands in for pretrained affine parameters
+    x = torch.randn(2, OVERRIDES["in_chans"], OVERRIDES["img_size"], OVERRIDES["img_size"])
+    tokens = model.forward_features(x)  # after model.norm
+    pre_norm = model.blocks(model.norm_pre(model._pos_embed(model.patch_embed(x))))
+    fresh = replace_final_norm(model)
+    assert model.norm is fresh
+    assert isinstance(fresh, torch.nn.LayerNorm) and fresh.eps == 1e-5
+    assert torch.equal(fresh.weight, torch.ones_like(fresh.weight)) and torch.equal(fresh.bias, torch.zeros_like(fresh.bias))
+    cls = pre_norm[:, 0]
+    expected = (cls - cls.mean(-1, keepdim=True)) / torch.sqrt(cls.var(-1, unbiased=False, keepdim=True) + 1e-5)
+    torch.testing.assert_close(model.forward_head(model.norm(pre_norm), pre_logits=True), expected)
+    assert not torch.allclose(tokens[:, 0], expected)
+    built = create_backbone("vit_tiny_patch16_224", overrides=OVERRIDES, reset_final_norm=True)
+    assert built.norm.eps == 1e-5 and not any(p.requires_grad for p in built.norm.parameters())

@@ -1,0 +1,312 @@
+"""GPU check: InfLoRA's training step at paper scale, and the real stages on one GPU.
+
+Run by ``benchmarks/gpu_check.sh`` (≤ 8 minutes on one GPU). Everything uses
+random weights (no hub) and synthetic images; the numbers are costs, not accuracies.
+
+1. **Step throughput** — ViT-B/16 at 224², batch 128, bf16 autocast, images/s of
+
+   * *timm floor*: timm's own forward + backward of the frozen backbone, carried
+     down to the first adapted ``qkv`` output (``FloorNet`` of
+     ``benchmarks/throughput.py``: what any LoRA method on ``qkv`` must compute);
+   * *InfLoRA*: a :class:`~model.net.ContinualViT` in session 5 (5 frozen
+     branches, the current one trainable) trained by
+     :func:`model.training.train_session`, eager and with ``train.compile: true``
+     (``torch.compile``, its compilation excluded by a warm-up call);
+
+   each with its peak allocated GPU memory.
+
+2. **Real stages** — a 2-task ImageNet-R-shaped sequence (224² JPEGs in an
+   ``image_folder`` flat layout, 20 classes per task, the held-out test drawn by
+   ``data.split_seed``) through :func:`pipeline.runner.execute` on Ray:
+   ``resources.gpus_per_stage: 1`` with one run, then ``0.5`` with two runs at
+   once; wall time, the device every stage ran on (its done marker), and the peak
+   GPU memory in use on the device (all processes: ``torch.cuda.mem_get_info``
+   polled by the driver), minus what was in use before.
+
+Writes ``benchmarks/results/gpu_check.md`` (``--out`` elsewhere). ``--cpu-smoke``
+shrinks every part to a tiny ViT on the CPU (about 25 s here, the in-process
+executor, no ``torch.compile`` row: inductor's CPU compilation alone would take
+longer than the rest) to test the script itself; its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark module
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project
+
+from throughput import Case, build_backbone, build_floor, build_inflora, device_name, synchronize, synthetic_batches  # noqa: E402
+
+from model.evaluation import peak_memory_mb, reset_peak_memory  # noqa: E402
+from model.training import TrainSpec, train_session  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "gpu_check.md"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes of one check (the GPU defaults, or the CPU smoke)."""
+
+    case: Case
+    frozen: int  # frozen branches of the measured InfLoRA session
+    pipe_classes_per_task: int
+    pipe_images_per_class: int
+    pipe_file_size: int  # side of the written JPEGs
+    pipe_epochs: int
+    pipe_batch: int
+    pipe_workers: int
+    executor: str
+    compile: bool
+
+
+def settings(cpu_smoke: bool) -> Settings:
+    if cpu_smoke:
+        tiny = {"img_size": 32, "embed_dim": 48, "depth": 2, "num_heads": 2}
+        case = Case("smoke", "vit_tiny_patch16_224", tiny, batch_size=4, rank=2, classes=4, steps=1, epochs=1, repeats=2)
+        return Settings(case, 1, 2, 5, 40, 1, 8, 0, "local", compile=False)
+    case = Case("vit_b16_224", "vit_base_patch16_224", {"img_size": 224}, batch_size=128, rank=10, classes=20, steps=8,
+                epochs=50, repeats=5)
+    return Settings(case, 5, 20, 20, 256, 2, 128, 8, "ray", compile=True)
+
+
+# -------------------------------------------------------------------------- part 1
+def _epoch_times(subject, batches, spec: TrainSpec, device: torch.device, repeats: int) -> tuple[list[float], float]:
+    """One :func:`train_session` call of ``1 + repeats`` epochs over ``batches``.
+
+    Returns:
+        The seconds of each epoch after the first (steady state), and of the first
+        (warm-up: cuDNN/cuBLAS choices, ``torch.compile``'s compilation). One call,
+        so a compiled network is compiled once (``train_session`` wraps it per call).
+    """
+    marks: list[float] = []
+
+    def mark(epoch: int, loss: float, accuracy: float) -> None:
+        synchronize(device)
+        marks.append(time.perf_counter())
+
+    synchronize(device)
+    start = time.perf_counter()
+    train_session(
+        subject.net, subject.params, batches, replace(spec, epochs=repeats + 1),
+        head_names=[subject.head], class_offset=subject.class_offset, device=device, on_epoch_end=mark,
+    )
+    return [b - a for a, b in zip(marks, marks[1:])], marks[0] - start
+
+
+def measure_steps(s: Settings, device: torch.device, log) -> list[dict[str, Any]]:
+    case = s.case
+    backbone = build_backbone(case, device)
+    batches = synthetic_batches(case.batch_size * case.steps, case.batch_size, case, s.frozen * case.classes, device)
+    spec = TrainSpec(batch_size=case.batch_size, precision="bf16")
+    variants = [("timm floor (frozen backbone fwd+bwd)", "floor", spec), ("InfLoRA step, eager", "inflora", spec)]
+    if s.compile:
+        variants.append(("InfLoRA step, torch.compile", "inflora", replace(spec, compile=True)))
+    images = sum(int(y.shape[0]) for _, y in batches)
+    rows = []
+    for label, kind, variant_spec in variants:
+        build = build_floor if kind == "floor" else build_inflora
+        subject = build(backbone, case, s.frozen, device)
+        reset_peak_memory(device)
+        epochs, first = _epoch_times(subject, batches, variant_spec, device, case.repeats)
+        ips = images / statistics.median(epochs)
+        peak = peak_memory_mb(device).get("cuda_allocated", float("nan"))
+        rows.append({"variant": label, "images_per_s": ips, "peak_cuda_mib": peak, "first_epoch_s": first})
+        log(f"{label}: {ips:.1f} images/s (first epoch {first:.1f} s), peak {peak:.0f} MiB")
+        del subject
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    floor = rows[0]["images_per_s"]
+    for row in rows:
+        row["floor_over_this"] = floor / row["images_per_s"]
+    return rows
+
+
+# -------------------------------------------------------------------------- part 2
+def write_image_folder(root: Path, classes: int, per_class: int, size: int, seed: int = 0) -> None:
+    """``root/class_XXX/img_YYY.jpg``: random RGB JPEGs (an ImageNet-R-like flat layout)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        folder = root / f"class_{c:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"img_{i:03d}.jpg", quality=90)
+
+
+class DeviceMemoryPoller:
+    """Peak memory in use on a CUDA device by every process (``mem_get_info``), polled in a thread."""
+
+    def __init__(self, device: torch.device, interval_s: float = 0.1) -> None:
+        self.device, self.interval_s = device, interval_s
+        self.enabled = device.type == "cuda"
+        self.baseline = self._used() if self.enabled else 0.0
+        self.peak = self.baseline
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _used(self) -> float:
+        free, total = torch.cuda.mem_get_info(self.device)
+        return (total - free) / 2**20
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak = max(self.peak, self._used())
+
+    def __enter__(self) -> "DeviceMemoryPoller":
+        if self.enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self.enabled:
+            self._thread.join()
+
+    @property
+    def peak_above_baseline_mib(self) -> float:
+        return self.peak - self.baseline if self.enabled else float("nan")
+
+
+def pipeline_config(s: Settings, data_root: Path, checkpoint: Path, out: Path, gpus: float, seeds: list[int]):
+    from pipeline.config import config_from_dict
+
+    case = s.case
+    return config_from_dict({
+        "name": f"gpu_check_g{str(gpus).replace('.', '')}",
+        "seeds": seeds,
+        "output_dir": str(out),
+        "backbone": {"name": case.model, "pretrained": False, "checkpoint": str(checkpoint), "overrides": case.overrides},
+        "data": {
+            "name": "image_folder", "root": str(data_root), "num_tasks": 2, "class_order": "fixed", "val_fraction": 0.0,
+            "test_fraction": 0.2, "split_seed": 0, "image_size": case.img_size, "normalization": "none",
+            "num_workers": s.pipe_workers,
+        },
+        "lora": {"rank": case.rank},
+        "method": {"name": "inflora", "lamb": 0.98},
+        "train": {"optimizer": "adam", "lr": 5e-4, "epochs": s.pipe_epochs, "batch_size": s.pipe_batch, "precision": "bf16"},
+        "resources": {"cpus_per_stage": 4 if s.executor == "ray" else 1, "gpus_per_stage": gpus, "executor": s.executor},
+        "tracking": {"enabled": False},
+    })
+
+
+def run_stages(s: Settings, work: Path, device: torch.device, log) -> list[dict[str, Any]]:
+    from model.backbone import create_backbone, save_backbone
+    from pipeline.runner import execute, make_specs
+    from pipeline.state import StageKey
+
+    case = s.case
+    data_root = work / "imagenet_r_shaped"
+    write_image_folder(data_root, 2 * s.pipe_classes_per_task, s.pipe_images_per_class, s.pipe_file_size)
+    checkpoint = work / "backbone.safetensors"
+    torch.manual_seed(0)
+    save_backbone(create_backbone(case.model, pretrained=False, overrides=case.overrides), checkpoint)
+    gpu_settings = [(1.0, [0]), (0.5, [0, 1])] if device.type == "cuda" else [(0.0, [0]), (0.0, [0, 1])]
+    rows = []
+    for gpus, seeds in gpu_settings:
+        cfg = pipeline_config(s, data_root, checkpoint, work / f"runs_g{gpus}", gpus, seeds)
+        started = time.perf_counter()
+        with DeviceMemoryPoller(device) as poller:
+            outcomes = execute(make_specs(cfg), progress=False)
+        wall = time.perf_counter() - started
+        devices = sorted({o.run_dir.read_done(StageKey(0, "train"))["device"] for o in outcomes})
+        finals = [o.results().summary("test").get("final_acc_task_mean", float("nan")) for o in outcomes]
+        rows.append({
+            "gpus_per_stage": gpus, "runs": len(seeds), "wall_s": wall, "stage_devices": ",".join(devices),
+            "peak_device_mib": poller.peak_above_baseline_mib, "final_acc": finals,
+            "images": 2 * s.pipe_classes_per_task * s.pipe_images_per_class,
+        })
+        log(f"stages, gpus_per_stage {gpus}, {len(seeds)} run(s): {wall:.1f} s on {devices}, peak {poller.peak_above_baseline_mib:.0f} MiB")
+    return rows
+
+
+# -------------------------------------------------------------------------- report
+def write_report(path: Path, s: Settings, device: torch.device, steps: list[dict], stages: list[dict], cpu_smoke: bool, total_s: float) -> None:
+    case = s.case
+    lines = [
+        "# GPU check" + (" (CPU smoke: tiny sizes, numbers mean nothing)" if cpu_smoke else ""),
+        "",
+        f"`bash benchmarks/gpu_check.sh{' --cpu-smoke' if cpu_smoke else ''}` — {time.strftime('%Y-%m-%d %H:%M')} on "
+        f"{device_name(device)}; torch {torch.__version__}, Python {platform.python_version()}; {total_s:.0f} s in all.",
+        "",
+        f"## Training step: {case.model} at {case.img_size}², batch {case.batch_size}, bf16 autocast, "
+        f"session {s.frozen} ({s.frozen} frozen branches, rank {case.rank}); median of {case.repeats} epochs of "
+        f"{case.steps} steps after a warm-up epoch, in one `train_session` call",
+        "",
+        "| variant | images/s | floor / variant | warm-up epoch s | peak GPU MiB (allocated) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in steps:
+        lines.append(
+            f"| {r['variant']} | {r['images_per_s']:.1f} | {r['floor_over_this']:.3f} | {r['first_epoch_s']:.1f} | {r['peak_cuda_mib']:.0f} |"
+        )
+    lines += [
+        "",
+        f"## Real stages: 2 tasks × {s.pipe_classes_per_task} classes, {s.pipe_images_per_class} images per class "
+        f"(80/20 by `split_seed`), {s.pipe_epochs} epochs, batch {s.pipe_batch}, executor `{s.executor}`",
+        "",
+        "| gpus_per_stage | runs at once | wall s | stage device | peak GPU MiB in use (all processes) | final acc (random data) |",
+        "|---|---|---|---|---|---|",
+    ]
+    if not stages:
+        lines.append("| (not finished) | | | | | |")
+    for r in stages:
+        accs = ", ".join(f"{a:.3f}" for a in r["final_acc"])
+        lines.append(f"| {r['gpus_per_stage']:g} | {r['runs']} | {r['wall_s']:.1f} | {r['stage_devices']} | {r['peak_device_mib']:.0f} | {accs} |")
+    lines += ["", "Random weights and random images: accuracies are chance level by construction; only costs are read."]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU, to test the script")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="report file (default benchmarks/results/gpu_check.md)")
+    p.add_argument("--workdir", type=Path, default=None, help="folder for the synthetic data and runs (a temp dir)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    started = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[gpu_check {time.perf_counter() - started:6.1f}s] {msg}", flush=True)
+
+    if not args.cpu_smoke and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device; use --cpu-smoke to test the script on the CPU", file=sys.stderr)
+        return 2
+    device = torch.device("cpu" if args.cpu_smoke else "cuda")
+    if args.cpu_smoke:
+        torch.set_num_threads(1)
+    s = settings(args.cpu_smoke)
+    steps = measure_steps(s, device, log)
+    # written after each part, so that a check stopped by its time limit keeps what it measured
+    write_report(args.out, s, device, steps, [], args.cpu_smoke, time.perf_counter() - started)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the stages' memory is measured above what the driver still holds
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        stages = run_stages(s, Path(tmp), device, log)
+    write_report(args.out, s, device, steps, stages, args.cpu_smoke, time.perf_counter() - started)
+    log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
