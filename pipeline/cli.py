@@ -61,10 +61,44 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.executor:
             overrides.append(f"resources.executor={args.executor}")
         cfg = load_config(args.config, overrides)
+        if args.methods:
+            specs = [spec for name in args.methods for spec in make_specs(_with_method(cfg, name), args.seeds)]
+            return _run_comparison(cfg, specs, args)
         specs = make_specs(cfg, args.seeds)
     outcomes = execute(specs, progress=not args.no_progress)
     cfg = specs[0].config
     _print_outcomes(outcomes, resolve_tracking_uri(cfg.tracking) if cfg.tracking.enabled else None)
+    return 0
+
+
+def _with_method(cfg, name: str):
+    from model.methods import available_methods
+
+    from .config import ConfigError
+
+    if name not in available_methods():
+        raise ConfigError(f"--methods: unknown method {name!r}; known methods: {available_methods()}")
+    return cfg.with_method(name)
+
+
+def _run_comparison(cfg, specs, args: argparse.Namespace) -> int:
+    """Every method on the same split, class order and seeds, as one batch, nested under one MLflow run."""
+    from .report import runs_table, summary_table
+    from .runner import execute
+    from .tracking import Tracker, resolve_tracking_uri
+
+    parent = None
+    tracker = None
+    if cfg.tracking.enabled:
+        tracker = Tracker(cfg.tracking)
+        parent = tracker.open_comparison(cfg, [s.config.method.name for s in specs], sorted({s.seed for s in specs}))
+    outcomes = execute(specs, progress=not args.no_progress, parent_run_id=parent)
+    _print_outcomes(outcomes, resolve_tracking_uri(cfg.tracking) if cfg.tracking.enabled else None)
+    if tracker is not None and parent is not None:
+        table = runs_table(cfg.tracking.experiment, tracking_uri=tracker.uri, sweep=parent)
+        table = table[table["config"] == cfg.name]
+        _print_table(f"{cfg.name}: every method on the same split and seeds (%)", summary_table(table))
+        tracker.finish_comparison(parent, table, summary_table(table))
     return 0
 
 
@@ -103,10 +137,21 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 1
     if args.runs:
         _print_table("runs", table)
-    _print_table("mean ± std over seeds (%)", summary_table(table, paper=not args.no_paper))
+    _print_table(
+        "mean ± std over seeds (%; costs per task: trainable parameters, wall time, peak RSS)",
+        summary_table(table, paper=not args.no_paper),
+    )
     if args.csv:
         table.to_csv(args.csv)
         print(f"\nwrote {args.csv}")
+    if args.plot:
+        from .plots import close
+        from .report import comparison_figure
+
+        fig = comparison_figure(table)
+        fig.savefig(args.plot, dpi=120)
+        close(fig)
+        print(f"wrote {args.plot}")
     return 0
 
 
@@ -150,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. --set train.lr=1e-3")
     run.add_argument("--resume", nargs="+", metavar="RUN_DIR", help="resume existing run directories")
     run.add_argument("--executor", choices=["ray", "local"], help="override resources.executor")
+    run.add_argument("--methods", nargs="+", metavar="METHOD",
+                     help="run each method (its settings from method.<name>) on the same split, class order and seeds, as one batch")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run)
 
@@ -165,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--runs", action="store_true", help="also list every run")
     rep.add_argument("--no-paper", action="store_true", help="hide the paper's figures")
     rep.add_argument("--csv", default=None, help="write the per-run table to this CSV")
+    rep.add_argument("--plot", default=None, metavar="PNG", help="write the comparison as a bar chart")
     rep.set_defaults(func=cmd_report)
 
     ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")

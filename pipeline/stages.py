@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from model.backbone import create_backbone
+from model.evaluation import peak_memory_mb, reset_peak_memory
 from model.methods import ContinualMethod, Step, StepResult, create_method, head_name
 from model.net import ContinualViT
 
@@ -269,6 +270,7 @@ class StageContext:
 
     def save_checkpoint(self, payload: dict[str, Any]) -> None:
         tmp = self._checkpoint.with_name(self._checkpoint.name + ".tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
         torch.save(payload, tmp)
         tmp.replace(self._checkpoint)
 
@@ -324,6 +326,7 @@ def run_stage(spec: RunSpec, key: StageKey, *_upstream: Any) -> dict[str, Any]:
         return run_dir.read_done(key)
     run_dir.log_event(key, "start")
     started = time.perf_counter()
+    reset_peak_memory(torch.device("cuda") if spec.config.resources.gpus_per_stage > 0 and torch.cuda.is_available() else None)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stage_seed(spec.seed, key.session, f"global/{key.stage}"))
         if key.stage == "split":
@@ -335,6 +338,7 @@ def run_stage(spec: RunSpec, key: StageKey, *_upstream: Any) -> dict[str, Any]:
             outputs, device = ctx.outputs, str(ctx.device)
     result.wall_time_s = time.perf_counter() - started
     result.device = device
+    result.info["peak_memory_mb"] = peak_memory_mb(torch.device(device))
     result.node_id = _node_id()
     run_dir.mark_done(key, result.to_dict(), outputs)
     run_dir.log_event(key, "finish", wall_time_s=result.wall_time_s, node_id=result.node_id)

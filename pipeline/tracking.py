@@ -208,6 +208,8 @@ class Tracker:
             metrics += _metric_batch({"train/final_loss": result.epochs[-1]["loss"]}, s, now)
         if result.trainable_parameters is not None:
             metrics += _metric_batch({"params/trainable": float(result.trainable_parameters)}, step, now)
+        peak = result.info.get("peak_memory_mb") or {}
+        metrics += _metric_batch({f"memory/peak_{kind}_mb/{key.stage}": value for kind, value in peak.items()}, step, now)
         if result.eval is not None:
             metrics += self._eval_metrics(run_dir, result, s, sessions, now)
             if self.figures_every_stage or s == len(sessions) - 1:
@@ -220,14 +222,19 @@ class Tracker:
 
     def _eval_metrics(self, run_dir: RunDir, result: StepResult, s: int, sessions: list[list[int]], now: int) -> list:
         values: dict[str, float] = {}
+        extras: dict[str, list[float]] = {}
         for row in result.eval or []:
             values[f"acc/test/task_{row.task:03d}"] = row.test
             if row.val is not None:
                 values[f"acc/val/task_{row.task:03d}"] = row.val
             for name, value in row.extra.items():
                 values[f"{name}/task_{row.task:03d}"] = value
+                extras.setdefault(name, []).append(value)
+        values.update({f"{name}/task_mean": sum(v) / len(v) for name, v in extras.items()})
         results = collect_results(run_dir, sessions, upto=s)
         if results.sessions_done == s + 1:
+            for name, series in results.old_new().items():
+                values[f"acc/test/{name}_tasks"] = series[-1]
             for part in ("test", "val"):
                 curves = results.curves(part) if not (results.val.empty and part == "val") else {}
                 for name, series in curves.items():
@@ -265,6 +272,7 @@ class Tracker:
         summary = results.summary("test")
         values = {f"final/{k}": v for k, v in summary.items()}
         values.update({f"final/val_{k}": v for k, v in results.summary("val").items()})
+        values.update({f"final/{k}": v for k, v in run_costs(run_dir, spec, sessions).items()})
         self.client.log_batch(run_id, metrics=_metric_batch(values, len(sessions) - 1, int(time.time() * 1000)))
         for name in ("split.json", "events.jsonl", "run.json"):
             if run_dir.file(name).is_file():
@@ -274,6 +282,33 @@ class Tracker:
                 self.client.log_artifact(run_id, str(run_dir.file(relative)), f"adapters/{Path(relative).parent}")
         self.client.set_terminated(run_id, "FINISHED")
         return summary
+
+    # ------------------------------------------------------------ comparisons
+    def open_comparison(self, cfg, methods: list[str], seeds: list[int]) -> str:
+        """A parent run for ``inflora run --methods``: every method's runs nest under it."""
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"{cfg.name}-comparison",
+            tags={"comparison": "true", "config_name": cfg.name, "methods": " ".join(dict.fromkeys(methods))},
+        )
+        self.client.log_param(run.info.run_id, "seeds", " ".join(map(str, seeds)))
+        self.client.log_text(run.info.run_id, yaml.safe_dump(config_to_dict(cfg), sort_keys=False), "config.yaml")
+        return run.info.run_id
+
+    def finish_comparison(self, run_id: str, runs, summary) -> None:
+        """Log the comparison table (CSV) and its bar chart (PNG) to the parent run."""
+        from .report import comparison_figure
+
+        with tempfile.TemporaryDirectory() as tmp:
+            runs.to_csv(Path(tmp) / "runs.csv", index=False)
+            summary.to_csv(Path(tmp) / "comparison.csv")
+            self.client.log_artifact(run_id, str(Path(tmp) / "runs.csv"))
+            self.client.log_artifact(run_id, str(Path(tmp) / "comparison.csv"))
+        if not runs.empty:
+            fig = comparison_figure(runs)
+            self.client.log_figure(run_id, fig, "plots/comparison.png")
+            close(fig)
+        self.client.set_terminated(run_id, "FINISHED")
 
     def fail(self, run_id: str, error: str, status: str = "FAILED") -> None:
         self.client.set_tag(run_id, "error", error[:5000])
@@ -296,3 +331,30 @@ def _verified_state_files(run_dir: RunDir, num_sessions: int) -> list[str]:
             run_dir.verify(key)
             files.extend(r for r in run_dir.read_done(key).get("outputs", {}) if Path(r).name in _UPLOADED_STATE)
     return files
+
+
+def run_costs(run_dir: RunDir, spec: RunSpec, sessions: list[list[int]]) -> dict[str, float]:
+    """Per-task costs of a finished run, from its stage markers.
+
+    ``trainable_params_per_task`` (mean over training steps), ``wall_time_per_task_s``
+    (every stage's wall time, split and all, over the number of tasks) and the
+    largest ``peak_rss_mb`` (``peak_cuda_allocated_mb`` on a GPU) of any stage.
+    """
+    from .stages import method_of, read_result, stage_plan
+
+    method = method_of(spec.config)
+    params, wall, peaks = [], 0.0, {}
+    for key in stage_plan(method, spec.config.data.num_tasks):
+        if not run_dir.is_done(key):
+            continue
+        result = read_result(run_dir, key)
+        wall += result.wall_time_s or 0.0
+        if result.trainable_parameters is not None:
+            params.append(result.trainable_parameters)
+        for kind, value in (result.info.get("peak_memory_mb") or {}).items():
+            peaks[kind] = max(peaks.get(kind, 0.0), float(value))
+    num_tasks = sum(len(s) for s in sessions)
+    out = {"wall_time_per_task_s": wall / num_tasks, **{f"peak_{k}_mb": v for k, v in peaks.items()}}
+    if params:
+        out["trainable_params_per_task"] = sum(params) / len(params)
+    return out

@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..evaluation import predict_with_tasks
 from ..net import ContinualViT
 from ..subspace import SubspaceMemory
-from ..training import TrainingHooks, make_optimizer, predict, train_session
+from ..training import TrainingHooks, make_optimizer, train_session
 from .config import LoRASpec, MethodConfig
 from .results import EvalRow, StepResult
 
@@ -214,13 +215,28 @@ class ContinualMethod(ABC):
 
     # ----------------------------------------------------------- evaluation
     def step_eval(self, ctx: "StepContext") -> StepResult:
-        """Accuracy on every seen task's test (and validation) split: row ``session`` of R."""
+        """Accuracy on every seen task's test (and validation) split: row ``session`` of R.
+
+        Besides the class-incremental accuracy (argmax over every seen head, the
+        paper's), each test row holds the task-incremental accuracy (argmax within
+        the task's own head) and the task-id accuracy (the argmax lies in the
+        task's head), from the same pass. An empty split is not evaluated.
+        """
         net = ctx.build_net(ctx.session + 1)
+        seen = ctx.seen_tasks()
+        heads = [head_name(t) for t in seen]
         rows = []
-        for t in ctx.seen_tasks():
-            test, count = _accuracy(net, ctx, t, "test")
-            val = _accuracy(net, ctx, t, "val")[0] if ctx.split_size(t, "val") else None
-            rows.append(EvalRow(task=t, test=test, count=count, val=val))
+        for i, t in enumerate(seen):
+            p = predict_with_tasks(net, ctx.eval_batches(t, "test"), ctx.device, heads, ctx.train.precision)
+            count = len(p)
+            extra = {}
+            if count:
+                extra = {"acc_task_il/test": _mean_equal(p.task_il, p.labels), "acc_task_id/test": _mean_equal(p.task_id, torch.full_like(p.task_id, i))}
+            val = None
+            if ctx.split_size(t, "val"):
+                v = predict_with_tasks(net, ctx.eval_batches(t, "val"), ctx.device, heads, ctx.train.precision)
+                val = _mean_equal(v.class_il, v.labels)
+            rows.append(EvalRow(task=t, test=_mean_equal(p.class_il, p.labels) if count else math.nan, count=count, val=val, extra=extra))
         return StepResult(metrics=self.eval_metrics(net, ctx), eval=rows)
 
     def eval_metrics(self, net: ContinualViT, ctx: "StepContext") -> dict[str, float]:
@@ -228,7 +244,6 @@ class ContinualMethod(ABC):
         return {}
 
 
-def _accuracy(net: ContinualViT, ctx: "StepContext", task: int, part: str) -> tuple[float, int]:
-    preds, labels = predict(net, ctx.eval_batches(task, part), ctx.device, ctx.train.precision)
-    n = int(labels.numel())
-    return (float((preds == labels).float().mean()) if n else math.nan), n
+def _mean_equal(predictions: Tensor, labels: Tensor) -> float:
+    """Share of equal entries, as a float32 mean (the accuracy the eval stage has always stored)."""
+    return float((predictions == labels).float().mean())

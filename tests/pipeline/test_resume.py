@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from conftest import tiny_config_dict
 
@@ -102,4 +103,26 @@ def test_inflora_ca_killed_in_align_resumes(tmp_path, tiny_checkpoint):
     (outcome,) = execute(make_specs(config_from_dict(cfg_dict)), progress=False)
     run_dir = RunDir(outcome.spec.run_dir)
     assert (run_dir.session_dir(2) / "aligned_heads.safetensors").is_file()
+    np.testing.assert_array_equal(outcome.results().test.to_numpy(), reference.results().test.to_numpy())
+
+
+@pytest.mark.slow
+def test_sd_lora_killed_mid_epoch_resumes_with_the_same_magnitudes(tmp_path, tiny_checkpoint):
+    method = {"name": "sd_lora"}
+    train = {"optimizer": "sgd", "scheduler": "constant", "lr": 1e-2, "epochs": 3}
+    ref_cfg = config_from_dict(tiny_config_dict(tmp_path / "ref", tiny_checkpoint, method=method, train=train, tracking={"enabled": False}))
+    (reference,) = execute(make_specs(ref_cfg), progress=False)
+    cfg_dict = tiny_config_dict(tmp_path, tiny_checkpoint, method=method, train=train, tracking={"enabled": False})
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg_dict))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, str(DRIVER), str(path), "session_001/train", "epoch"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    (outcome,) = execute(make_specs(config_from_dict(cfg_dict)), progress=False)
+    for s in range(3):  # every session's branch and magnitudes, bit for bit
+        got = RunDir(outcome.spec.run_dir).load_tensors(f"session_{s:03d}/adapter.safetensors")
+        want = RunDir(reference.spec.run_dir).load_tensors(f"session_{s:03d}/adapter.safetensors")
+        assert got.keys() == want.keys() and any(k.startswith("magnitude.") for k in got)
+        for key in got:
+            assert torch.equal(got[key], want[key]), key
     np.testing.assert_array_equal(outcome.results().test.to_numpy(), reference.results().test.to_numpy())
