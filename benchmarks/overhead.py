@@ -34,57 +34,51 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def bare_loop(config_path: str, overrides: list[str]) -> dict:
-    """The demo protocol as one plain loop over model/ code: no Ray, no MLflow, no run directory."""
+    """The demo protocol as one plain loop over the method's own steps: no Ray, no MLflow, no run directory.
+
+    The steps run on an in-memory context (:class:`model.methods.memory_context.InMemoryContext`)
+    fed by the same loaders as the pipeline's, so the work is the pipeline's minus
+    the orchestration: the design, training, memory update and evaluation (test
+    and validation of every seen task, the interference probe) of every session.
+    """
     import torch
 
-    from model import ContinualViT, create_backbone, create_method, head_name, predict, probe_sq_norm, train_session
-    from model.lora import BranchChange
-    from model.training import make_optimizer
+    from model import create_backbone
+    from model.methods.memory_context import InMemoryContext
     from pipeline.config import load_config
     from pipeline.data import load_dataset, make_loader, make_split
-    from pipeline.stages import stage_seed
+    from pipeline.stages import method_of
 
     started = time.perf_counter()
     cfg = load_config(config_path, overrides)
     seed = cfg.seeds[0]
     data = cfg.data
     torch.set_num_threads(max(1, int(cfg.resources.cpus_per_stage)))
-    device = torch.device("cpu")
     source = load_dataset(data)
     split = make_split(source, data.num_tasks, seed, data.class_order, data.val_fraction, data.max_train_per_class, data.test_fraction)
     labels = split.label_map()
     b = cfg.backbone
-    net = ContinualViT(create_backbone(b.name, pretrained=b.pretrained, checkpoint=b.checkpoint, overrides=b.overrides), cfg.lora.blocks)
-    method = create_method(cfg.method, cfg.lora)
-    sessions = method.sessions(data.num_tasks)
-    memory = None
-    rows = []
-    for s, tasks in enumerate(sessions):
-        indices = [i for t in tasks for i in split.train[t]]
-        ordered = make_loader(source.train, indices, labels, cfg.train.batch_size)
-        g = torch.Generator().manual_seed(stage_seed(seed, s, "shuffle"))
-        shuffled = make_loader(source.train, indices, labels, cfg.train.batch_size, shuffle=True, generator=g)
-        design = method.design(net, s, ordered, memory, device, torch.Generator().manual_seed(stage_seed(seed, s, "design")))
-        heads = {head_name(t): len(split.task_classes[t]) for t in tasks}
-        params = method.begin_session(net, s, design, heads, torch.Generator().manual_seed(stage_seed(seed, s, "heads")))
-        opt, sched = make_optimizer(params, cfg.train)
-        train_session(net, params, shuffled, cfg.train, head_names=list(heads), class_offset=split.class_offset(tasks[0]),
-                      device=device, optimizer=opt, scheduler=sched)
-        if method.uses_memory:
-            memory, _ = method.update_memory(net, s, len(sessions), ordered, memory, device)
-        # the same evaluation work as the eval stage: test and validation accuracy of every
-        # seen task, and the interference probe of the session's branch
-        row = {}
-        for t in [t for ss in sessions[: s + 1] for t in ss]:
-            preds, y = predict(net, make_loader(source.test, split.test[t], labels, cfg.train.eval_batch_size), device)
-            row[t] = float((preds == y).float().mean())
-            predict(net, make_loader(source.measure_pool, split.val[t], labels, cfg.train.eval_batch_size), device)
-        if s > 0 and method.name == "inflora":
-            probes = {n: BranchChange(layer.branches[method.branch_name(s)], None) for n, layer in net.lora_layers.items()}
-            for t in [t for ss in sessions[: s + 1] for t in ss]:
-                probe_sq_norm(net, probes, make_loader(source.test, split.test[t], labels, cfg.train.eval_batch_size), device)
-        rows.append(row)
-    return {"rows": rows, "compute_s": time.perf_counter() - started}
+    backbone = create_backbone(b.name, pretrained=b.pretrained, checkpoint=b.checkpoint, overrides=b.overrides)
+    method = method_of(cfg)
+
+    def loader(pool, indices, batch_size):
+        return make_loader(pool, indices, labels, batch_size)
+
+    class Context(InMemoryContext):
+        def train_batches(self, generator):
+            indices = [i for t in self.tasks for i in split.train[t]]
+            return make_loader(source.train, indices, labels, cfg.train.batch_size, shuffle=generator is not None, generator=generator)
+
+        def eval_batches(self, task, part):
+            pool = source.test if part == "test" else source.measure_pool
+            return loader(pool, getattr(split, part)[task], cfg.train.eval_batch_size)
+
+        def split_size(self, task, part):
+            return len(getattr(split, part)[task])
+
+    ctx = Context(method, backbone, [[] for _ in range(data.num_tasks)], [len(c) for c in split.task_classes], cfg.train, seed=seed)
+    rows = [ctx.run(s, step.name) for s in range(ctx.num_sessions) for step in method.steps()]
+    return {"rows": [r.test_row() for r in rows if r.eval is not None], "compute_s": time.perf_counter() - started}
 
 
 def timed(command: list[str], env: dict) -> tuple[float, str]:

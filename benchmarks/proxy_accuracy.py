@@ -1,9 +1,11 @@
-"""CPU proxy of the paper's comparison: InfLoRA vs sequential LoRA vs joint training.
+"""CPU proxy of the paper's comparison: every registered method on the demo protocol.
 
 The demo protocol (configs/demo.yaml: scikit-learn digits in 5 class-incremental
-tasks, a tiny ViT pretrained in this project on MNIST) for each method over 3
-seeds, all runs submitted at once to a local Ray cluster and logged to MLflow.
-Writes a pandas table (mean ± std over seeds) to ``benchmarks/results/``.
+tasks, a tiny ViT pretrained in this project on MNIST) for each method (each with
+its settings from ``method.<name>`` of the config, defaults otherwise) over 3 seeds,
+on the same split and class order per seed, all runs submitted at once to a local
+Ray cluster and logged to MLflow. Writes a pandas table (mean ± std over seeds,
+trainable parameters and wall time per task) to ``benchmarks/results/``.
 
 The check the project holds itself to: InfLoRA beats sequential LoRA on final
 accuracy and on forgetting by more than the seed spread (the sum of the two
@@ -11,7 +13,7 @@ standard deviations).
 
 Usage::
 
-    python benchmarks/proxy_accuracy.py [--seeds 0 1 2] [--config configs/demo.yaml]
+    python benchmarks/proxy_accuracy.py [--seeds 0 1 2] [--config configs/demo.yaml] [--methods inflora frozen ...]
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-METHODS = ("inflora", "seq_lora", "joint")
 COLUMNS = {
     "val_final_acc_task_mean": "val final acc",
     "final_acc_task_mean": "final acc",
@@ -40,25 +41,27 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", action="append", default=[], help="config override for every method")
+    parser.add_argument("--methods", nargs="+", default=None, help="methods to compare (default: every registered method)")
     parser.add_argument("--output-dir", default=str(ROOT / "runs" / "proxy"))
     parser.add_argument("--tag", default="proxy_accuracy", help="file name stem under benchmarks/results/")
     args = parser.parse_args()
 
+    from model.methods import available_methods
     from pipeline.config import load_config
     from pipeline.runner import execute, make_specs
+    from pipeline.tracking import run_costs
 
-    specs = []
-    for method in METHODS:
-        cfg = load_config(args.config, [*args.set, f"method.name={method}", f"output_dir={args.output_dir}",
-                                        "tracking.experiment=inflora-proxy-benchmark"])
-        specs += make_specs(cfg, args.seeds)
+    METHODS = tuple(args.methods or available_methods())
+    base = load_config(args.config, [*args.set, f"output_dir={args.output_dir}", "tracking.experiment=inflora-proxy-benchmark"])
+    specs = [spec for method in METHODS for spec in make_specs(base.with_method(method), args.seeds)]
     started = time.perf_counter()
     outcomes = execute(specs, progress=True)
     elapsed = time.perf_counter() - started
 
     rows = [
         {"method": o.spec.config.method.name, "seed": o.spec.seed, **o.summary,
-         **{f"val_{k}": v for k, v in o.results().summary("val").items()}}
+         **{f"val_{k}": v for k, v in o.results().summary("val").items()},
+         **run_costs(o.run_dir, o.spec, o.sessions)}
         for o in outcomes
     ]
     runs = pd.DataFrame(rows)
@@ -68,6 +71,8 @@ def main() -> None:
     std = values.groupby("method").std(ddof=1).reindex(METHODS)
     table = pd.DataFrame({label: [f"{mean.loc[m, key]:.2f} ± {std.loc[m, key]:.2f}" if pd.notna(mean.loc[m, key]) else "n/a"
                                   for m in METHODS] for key, label in COLUMNS.items()}, index=list(METHODS))
+    table["params/task"] = runs.groupby("method")["trainable_params_per_task"].mean().reindex(METHODS).map("{:,.0f}".format)
+    table["wall s/task"] = runs.groupby("method")["wall_time_per_task_s"].mean().reindex(METHODS).map("{:.2f}".format)
     table.index.name = "method"
 
     final_gap = mean.loc["inflora", "final_acc_task_mean"] - mean.loc["seq_lora", "final_acc_task_mean"]
@@ -93,8 +98,8 @@ def main() -> None:
         "",
         f"Backbone: `{cfg.backbone.name}` with {cfg.backbone.overrides}, weights `{Path(cfg.backbone.checkpoint).name}` "
         f"(pretrained here on {cfg.backbone.pretrain.dataset if cfg.backbone.pretrain else 'external data'}).",
-        f"LoRA rank {cfg.lora.rank}, method {cfg.method.name} {cfg.method.config}, {cfg.train.optimizer} lr {cfg.train.lr}, "
-        f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size}.",
+        f"LoRA rank {cfg.lora.rank}; {cfg.train.optimizer} lr {cfg.train.lr}, {cfg.train.epochs} epochs, batch {cfg.train.batch_size} "
+        f"for every method; method settings: " + "; ".join(f"{m}: {base.with_method(m).method.config}" for m in METHODS) + ".",
         "",
         "Accuracy in %, mean ± std over seeds. final/average acc: per-task mean (the paper's); weighted: over all test samples; "
         "val final acc: on the validation split carved from the training data (what a choice of settings may look at).",

@@ -807,6 +807,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--full-task", choices=("none", *TASK_SHAPES), help="time one whole task (default: demo on CPU presets)")
     parser.add_argument("--task-images", type=int, help="override the full task's number of training images")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    parser.add_argument("--sd-lora-memory", type=int, nargs="+", metavar="TASKS",
+                        help="only measure SD-LoRA's peak RSS in these tasks (e.g. 5 20); default model ViT-B/16 224², batch 8, 3 steps")
     args = parser.parse_args(argv)
     for key in ("batch_size", "rank", "classes", "steps", "epochs", "repeats", "threads"):
         if getattr(args, key) is not None and getattr(args, key) < 1:
@@ -818,9 +820,83 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def sd_lora_peak_rss(tasks: int, model: str, img_size: int, batch_size: int, steps: int, rank: int = 10) -> dict[str, float]:
+    """Peak RSS (MiB) of SD-LoRA training in task ``tasks`` (``tasks - 1`` old branches with trainable magnitudes).
+
+    Runs in its own process (the peak resident set of a process cannot be reset):
+    builds the network with the old branches, starts the session with the
+    method's own ``begin_session`` and trains ``steps`` batches.
+    """
+    import resource
+
+    from model.methods.sd_lora import SDLoRAViT
+
+    torch.set_num_threads(1)
+    method = create_method("sd_lora", lora=LoRASpec(rank=rank))
+    backbone = create_backbone(model, pretrained=False, overrides={"img_size": img_size})
+    net = method.build_net(backbone)
+    assert isinstance(net, SDLoRAViT)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for t in range(tasks - 1):
+            net.add_task_branch(method.branch_name(t), 0.8)
+            for layer in net.lora_layers.values():
+                for target in net.targets:
+                    branch = layer.branches[method.branch_name(t)]
+                    branch.down(target).normal_(0, 0.02, generator=gen)
+                    branch.up(target).normal_(0, 0.02, generator=gen)
+    ctx = session_context(method, net, tasks - 1, 20, [])
+    params = method.begin_session(net, ctx)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    batches = [(torch.randn(batch_size, 3, img_size, img_size, generator=gen), torch.randint(0, 20, (batch_size,), generator=gen) + 20 * (tasks - 1))
+               for _ in range(steps)]
+    spec = TrainSpec(optimizer="sgd", scheduler="constant", lr=1e-2, epochs=1, batch_size=batch_size)
+    train_session(net, params, batches, spec, head_names=[head_name(tasks - 1)], class_offset=20 * (tasks - 1), device=torch.device("cpu"))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"tasks": tasks, "old_branches": tasks - 1, "trainable_params": sum(p.numel() for p in params),
+            "rss_before_training_mb": before, "peak_rss_mb": peak}
+
+
+def sd_lora_memory(tasks: Sequence[int], model: str, img_size: int, batch_size: int, steps: int, out_dir: Path) -> None:
+    """Peak RSS of SD-LoRA training at each number of tasks, each in a fresh process; writes a table."""
+    import json as _json
+    import subprocess
+
+    import pandas as pd
+
+    rows = []
+    for n in tasks:
+        code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); from benchmarks.throughput import sd_lora_peak_rss; "
+                f"print(json.dumps(sd_lora_peak_rss({n}, {model!r}, {img_size}, {batch_size}, {steps})))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+        rows.append(_json.loads(out.stdout.strip().splitlines()[-1]))
+        print(rows[-1], flush=True)
+    table = pd.DataFrame(rows)
+    command = f"python benchmarks/throughput.py --sd-lora-memory {' '.join(map(str, tasks))} --model {model} --img-size {img_size} --batch-size {batch_size} --steps {steps}"
+    lines = [
+        "# SD-LoRA peak memory (CPU RSS) against the number of tasks",
+        "",
+        f"Command: `{command}` (each row in a fresh process; one torch thread; SGD on the new factors, every magnitude and the head).",
+        "",
+        table.to_markdown(index=False, floatfmt=".1f"),
+        "",
+        "Old branches enter training as frozen directions with trainable magnitudes: one concatenated low-rank "
+        "product per target (``model/lora.py: LoRAQKV._branch_sum``), so their activations grow with tasks × rank, "
+        "not with tasks × width.",
+    ]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "sd_lora_memory.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     import pandas as pd
+
+    if args.sd_lora_memory:
+        sd_lora_memory(args.sd_lora_memory, args.model or "vit_base_patch16_224", args.img_size,
+                       args.batch_size if args.model else 8, args.steps if args.model else 3, args.out_dir)
+        return
 
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
