@@ -60,9 +60,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides = list(args.set or [])
         if args.executor:
             overrides.append(f"resources.executor={args.executor}")
-        cfg = load_config(args.config, overrides)
+        configs = [load_config(path, overrides) for path in args.config]
+        cfg = configs[0]
         if args.methods:
-            specs = [spec for name in args.methods for spec in make_specs(_with_method(cfg, name), args.seeds)]
+            if len(configs) > 1:
+                raise SystemExit("inflora run: give either several CONFIG files or --methods, not both")
+            configs = [_with_method(cfg, name) for name in args.methods]
+        if len(configs) > 1:
+            _check_same_protocol(configs, args.config if not args.methods else [f"--methods {m}" for m in args.methods])
+            specs = [spec for c in configs for spec in make_specs(c, args.seeds)]
             return _run_comparison(cfg, specs, args)
         specs = make_specs(cfg, args.seeds)
     outcomes = execute(specs, progress=not args.no_progress)
@@ -79,6 +85,23 @@ def _with_method(cfg, name: str):
     if name not in available_methods():
         raise ConfigError(f"--methods: unknown method {name!r}; known methods: {available_methods()}")
     return cfg.with_method(name)
+
+
+def _check_same_protocol(configs, sources: list[str]) -> None:
+    """A comparison needs one protocol: the same config name, data (split, class order) and seeds."""
+    from .config import ConfigError, config_to_dict, flatten
+
+    first = configs[0]
+    for other, source in zip(configs[1:], sources[1:]):
+        for section in ("name", "seeds", "data"):
+            a, b = config_to_dict(first)[section], config_to_dict(other)[section]
+            if a != b:
+                keys = sorted(k for k in set(flatten({section: a})) | set(flatten({section: b}))
+                              if flatten({section: a}).get(k) != flatten({section: b}).get(k)) if isinstance(a, dict) else [section]
+                raise ConfigError(
+                    f"{source} does not share the protocol of {sources[0]}: {', '.join(keys)} differ "
+                    "(a comparison runs every method on the same data, split, class order and seeds)"
+                )
 
 
 def _run_comparison(cfg, specs, args: argparse.Namespace) -> int:
@@ -190,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run (or resume) a config's runs: one per seed")
-    run.add_argument("config", nargs="?", help="YAML run config")
+    run.add_argument("config", nargs="*", help="YAML run config; several (one per method, same name, data and seeds) run as one comparison")
     run.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the config's)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. --set train.lr=1e-3")
     run.add_argument("--resume", nargs="+", metavar="RUN_DIR", help="resume existing run directories")
