@@ -32,6 +32,7 @@ import numpy as np
 
 from .base import DatasetError, DataSource, Normalization, register_dataset
 from .image_folder import image_source, require_root
+from .split_file import path_label_lines
 from .transforms import check_options
 
 if TYPE_CHECKING:
@@ -83,21 +84,13 @@ def read_file_list(path: Path, root: Path) -> tuple[list[str], list[int], dict[i
     labels: list[int] = []
     names: dict[int, str] = {}
     base = str(root)  # plain strings: the full lists have 586k lines
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.rsplit(maxsplit=1)
-            if len(parts) != 2 or not parts[1].lstrip("-").isdigit() or int(parts[1]) < 0:
-                raise DatasetError(f"{path}:{number}: expected '<relative path> <label>', got {line!r}")
-            rel, label = parts[0], int(parts[1])
-            rel_parts = rel.split("/")
-            name = rel_parts[-2] if len(rel_parts) >= 2 else str(label)
-            if names.setdefault(label, name) != name:
-                raise DatasetError(f"{path}:{number}: label {label} is class {names[label]!r} earlier but {name!r} here")
-            files.append(os.path.join(base, rel))
-            labels.append(label)
+    for number, rel, label in path_label_lines(path):
+        rel_parts = rel.split("/")
+        name = rel_parts[-2] if len(rel_parts) >= 2 else str(label)
+        if names.setdefault(label, name) != name:
+            raise DatasetError(f"{path}:{number}: label {label} is class {names[label]!r} earlier but {name!r} here")
+        files.append(os.path.join(base, rel))
+        labels.append(label)
     return files, labels, names
 
 

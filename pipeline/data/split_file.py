@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -85,9 +86,12 @@ def _read_yaml_list(path: Path) -> tuple[list[str], list[int]]:
     return paths, targets
 
 
-def _read_text_list(path: Path) -> tuple[list[str], list[int]]:
-    paths: list[str] = []
-    targets: list[int] = []
+def path_label_lines(path: Path) -> Iterator[tuple[int, str, int]]:
+    """``(line number, path, label)`` of each non-empty ``<path> <label>`` line (DomainNet's lists, VPT-NSP's).
+
+    Raises:
+        DatasetError: a line that is not a path followed by a non-negative integer label.
+    """
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             line = line.strip()
@@ -95,10 +99,13 @@ def _read_text_list(path: Path) -> tuple[list[str], list[int]]:
                 continue
             parts = line.rsplit(maxsplit=1)
             if len(parts) != 2 or not parts[1].isdigit():
-                raise DatasetError(f"{path}:{number}: expected '<path> <label>', got {line!r}")
-            paths.append(parts[0])
-            targets.append(int(parts[1]))
-    return paths, targets
+                raise DatasetError(f"{path}:{number}: expected '<relative path> <label>', got {line!r}")
+            yield number, parts[0], int(parts[1])
+
+
+def _read_text_list(path: Path) -> tuple[list[str], list[int]]:
+    rows = [(rel, label) for _, rel, label in path_label_lines(path)]
+    return [r for r, _ in rows], [y for _, y in rows]
 
 
 def read_split_list(path: str | os.PathLike[str]) -> tuple[list[str], list[int]]:

@@ -99,7 +99,7 @@ def test_malformed_lists_are_rejected(imagenet_r_root, tmp_path):
         load_dataset(_cfg(imagenet_r_root, split_file=str(bad)))
     text = tmp_path / "bad.txt"
     text.write_text(f"{PREFIX}{WNIDS[0]}/img_000.jpg zero\n")
-    with pytest.raises(DatasetError, match=r"bad.txt:1: expected '<path> <label>'"):
+    with pytest.raises(DatasetError, match=r"bad.txt:1: expected '<relative path> <label>'"):
         load_dataset(_cfg(imagenet_r_root, split_file=str(text)))
 
 
