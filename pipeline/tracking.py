@@ -196,6 +196,8 @@ class Tracker:
             info = result.info
             self.client.set_tag(run_id, "class_order", " ".join(map(str, info["class_order"])))
             self.client.set_tag(run_id, "task_classes", "; ".join(" ".join(map(str, c)) for c in info["task_classes"]))
+            for name, value in (info.get("protocol") or {}).items():  # split seed, split files and their SHA-256
+                self.client.set_tag(run_id, f"protocol.{name}", str(value))
             sizes = {f"data/train_size/task_{t:03d}": n for t, n in enumerate(info["train_sizes"])}
             metrics += _metric_batch(sizes, 0, now)
         if result.node_id:

@@ -18,7 +18,7 @@ CELLS = ["imagenet_r_5", "imagenet_r_10", "imagenet_r_20", "cifar100_10", "domai
 
 
 def test_every_cell_has_a_paper_figure():
-    assert set(CELLS) == set(PAPER_RESULTS)
+    assert set(CELLS) == {config for config, method in PAPER_RESULTS if method == "inflora"}
     assert all((PAPER_DIR / f"{c}.yaml").is_file() for c in CELLS)
 
 

@@ -176,7 +176,7 @@ def test_split_stage_records_the_protocol(imagenet_r_root, tmp_path):
         "split_file": str(tr), "split_file_sha256": hashlib.sha256(tr.read_bytes()).hexdigest(),
         "split_file_test": str(te), "split_file_test_sha256": hashlib.sha256(te.read_bytes()).hexdigest(),
     }
-    assert info["protocol"] == expected
+    assert info["info"]["protocol"] == expected
     assert run_dir.read_json("split.json")["protocol"] == expected
     assert sorted(info["class_order"]) == [0, 1, 2, 3]
 
