@@ -103,8 +103,12 @@ PAPER_CONFIGS = {
 DATASETS = {"cifar100": ("cifar100", 100), "domainnet": ("domainnet", 345), "ImageNet_R": ("imagenet_r", 200)}
 
 
+OTHER_METHODS = ("_sd_lora", "_l2p", "_dualprompt", "_coda_prompt")  # configs from the rivals' own repositories
+
+
 def test_every_paper_config_has_an_official_file():
-    assert sorted(p.stem for p in PAPER_DIR.glob("*.yaml")) == sorted(PAPER_CONFIGS)
+    inflora_configs = [p.stem for p in PAPER_DIR.glob("*.yaml") if not p.stem.endswith(OTHER_METHODS)]
+    assert sorted(inflora_configs) == sorted(PAPER_CONFIGS)
     assert sorted(PAPER_CONFIGS.values()) == sorted(OFFICIAL_JSON)
 
 
@@ -153,3 +157,29 @@ def test_paper_config_matches_the_official_json(name):
     assert (b.name, b.pretrained, b.checkpoint) == ("vit_base_patch16_224.augreg_in21k", True, None)
     assert b.reset_final_norm == (code.get("reset_norm", False) and official["dataset"] == "cifar100")
     assert cfg.seeds == [0, 1, 2, 3, 4]
+
+
+# WuYichen-97/SD-Lora-CL: exps/sdlora_inr.json and exps/sdlora_c100.json ("lrate", "epochs",
+# "batch_size"); models/sdlora.py Learner._train: SGD(momentum=0.9), no weight decay,
+# MultiStepLR(milestones=[10000]) i.e. constant; update_network: rank 10; backbone/lora.py:
+# q and v, scaling factors 0.8.
+SD_LORA_OFFICIAL = {
+    "imagenet_r_10_sd_lora": {"lrate": 1e-2, "epochs": 20, "batch_size": 128, "base": "imagenet_r_10"},
+    "cifar100_10_sd_lora": {"lrate": 8e-3, "epochs": 20, "batch_size": 128, "base": "cifar100_10"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SD_LORA_OFFICIAL))
+def test_sd_lora_configs_follow_the_official_code_on_the_inflora_protocol(name):
+    official = SD_LORA_OFFICIAL[name]
+    cfg = load_config(PAPER_DIR / f"{name}.yaml")
+    base = load_config(PAPER_DIR / f"{official['base']}.yaml")
+    t = cfg.train
+    assert (t.optimizer, t.momentum, t.scheduler, t.weight_decay) == ("sgd", 0.9, "constant", 0.0)
+    assert (t.lr, t.epochs, t.batch_size) == (official["lrate"], official["epochs"], official["batch_size"])
+    assert cfg.method.name == "sd_lora" and cfg.lora.rank == 10
+    m = cfg.method.config
+    assert (m.targets, m.magnitude_init, m.magnitude_carry) == (("q", "v"), 0.8, False)
+    assert cfg.backbone.name == "vit_base_patch16_224.augreg2_in21k_ft_in1k"
+    # the same protocol as InfLoRA's cell, so both sit in one comparison table
+    assert (cfg.name, cfg.seeds, cfg.data) == (base.name, base.seeds, base.data)
