@@ -26,6 +26,16 @@ def _percent(frame):
     return (frame * 100).round(2)
 
 
+def browse_hint(tracking_uri: str) -> str:
+    """How to look at a tracking store: a server is opened in a browser (``mlflow ui
+    --backend-store-uri http://…`` would be meaningless), a local store with ``inflora ui``."""
+    if tracking_uri.startswith(("http://", "https://")):
+        # the compose stack's runner logs to http://mlflow:5000, published on the host's 127.0.0.1
+        local = "http://127.0.0.1:5000" if "://mlflow:" in tracking_uri else tracking_uri
+        return f"browse: open {local} in a browser"
+    return f"browse with: inflora ui   (or: mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --host 127.0.0.1)"
+
+
 def _print_outcomes(outcomes, tracking_uri: str | None) -> None:
     import pandas as pd
 
@@ -44,7 +54,7 @@ def _print_outcomes(outcomes, tracking_uri: str | None) -> None:
     for o in outcomes:
         print(f"  {o.run_dir.path}")
     if tracking_uri:
-        print(f"\nMLflow: {tracking_uri}\n  browse with: inflora ui   (or: mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --host 127.0.0.1)")
+        print(f"\nMLflow: {tracking_uri}\n  {browse_hint(tracking_uri)}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -42,6 +42,7 @@ from model.training import make_optimizer, predict, probe_sq_norm, train_session
 
 from .config import RunConfig, config_to_dict
 from .data import DataSource, Split, load_dataset, make_loader, make_split
+from .nodes import current_node_id
 from .state import RunDir, RunStateError, StageKey
 
 __all__ = ["RunSpec", "run_stage", "stage_plan", "stage_seed", "StageContext"]
@@ -409,6 +410,7 @@ def run_stage(spec: RunSpec, key: StageKey, *_upstream: Any) -> dict[str, Any]:
         info = STAGE_FUNCTIONS[key.stage](ctx, key.session)
     info["wall_time_s"] = time.perf_counter() - started
     info["device"] = str(ctx.device)
+    info["node_id"] = current_node_id()
     run_dir.mark_done(key, info)
     run_dir.log_event(key, "finish", wall_time_s=info["wall_time_s"])
     return info

@@ -37,6 +37,7 @@ from .plots import accuracy_heatmap, close, metric_curves
 from .results import collect_results
 from .stages import RunSpec
 from .state import RunDir, StageKey
+from .system_metrics import SystemMetrics
 
 __all__ = ["Tracker", "resolve_tracking_uri", "package_versions", "git_commit"]
 
@@ -85,6 +86,26 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
     return (db.parent / "mlartifacts" / safe).resolve().as_uri()
 
 
+# MLflow 3's UI opens an experiment by its kind (the tag its own UI sets with the
+# "Model training" switch): without it, a GenAI view (traces) with the runs hidden.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+
+
+def mark_model_training(client, experiment_id: str) -> None:
+    """Tag an experiment as model training, unless someone chose its kind already."""
+    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+
+
+def log_stage_node(client, run_id: str, run_dir: RunDir, key: StageKey, info: Mapping[str, Any]) -> None:
+    """Record the Ray node a stage ran on: tag ``node/<stage>`` and an events.jsonl line."""
+    node = info.get("node_id")
+    if node:
+        client.set_tag(run_id, f"node/{key}", node)
+        run_dir.log_event(key, "node", node_id=node)
+
+
 def _metric_batch(values: Mapping[str, float], step: int, timestamp: int) -> list:
     from mlflow.entities import Metric
 
@@ -115,6 +136,8 @@ class Tracker:
         found = self.client.get_experiment_by_name(name)
         self.experiment_id = found.experiment_id if found else self.client.create_experiment(name, _artifact_location(self.uri, name))
         self.experiment_name = name
+        mark_model_training(self.client, self.experiment_id)
+        self.system_metrics = SystemMetrics(self.uri)
 
     # ------------------------------------------------------------------ runs
     def open_run(
@@ -136,6 +159,7 @@ class Tracker:
                 run = self.client.get_run(state["run_id"])
                 if run.info.experiment_id == self.experiment_id and run.info.lifecycle_stage == "active":
                     self.client.update_run(state["run_id"], status="RUNNING")
+                    self.system_metrics.start(state["run_id"], resume=True)
                     return state["run_id"]
             except MlflowException:
                 pass
@@ -166,6 +190,7 @@ class Tracker:
         self.client.log_text(run_id, yaml.safe_dump(config_to_dict(cfg), sort_keys=False), "config.yaml")
         run_dir.write_json("tracking.json", {"run_id": run_id, "tracking_uri": self.uri, "logged": []})
         self.client.log_batch(run_id, tags=[RunTag("run_dir", str(run_dir.path))])
+        self.system_metrics.start(run_id, resume=False)
         return run_id
 
     def logged(self, run_dir: RunDir) -> set[str]:
@@ -206,6 +231,7 @@ class Tracker:
                 self._log_matrix_artifacts(run_id, run_dir, spec, sessions, upto=s)
         for i in range(0, len(metrics), _MAX_METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=metrics[i : i + _MAX_METRICS_PER_BATCH])
+        log_stage_node(self.client, run_id, run_dir, key, info)
         self._mark_logged(run_dir, key)
 
     def _eval_metrics(self, run_dir: RunDir, info: Mapping[str, Any], s: int, sessions: list[list[int]], now: int) -> list:
@@ -262,10 +288,12 @@ class Tracker:
                     path = run_dir.session_dir(s) / name
                     if path.is_file():
                         self.client.log_artifact(run_id, str(path), f"adapters/session_{s:03d}")
+        self.system_metrics.stop(run_id)
         self.client.set_terminated(run_id, "FINISHED")
         return summary
 
     def fail(self, run_id: str, error: str, status: str = "FAILED") -> None:
         self.client.set_tag(run_id, "error", error[:5000])
+        self.system_metrics.stop(run_id)
         self.client.set_terminated(run_id, status)
 

@@ -73,11 +73,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     outcome = run_sweep(sweep, resume=args.resume, verbose=0 if args.quiet else 1)
     print_summary(outcome.summary)
     if outcome.parent_run_id:
+        from pipeline.cli import browse_hint
         from pipeline.tracking import resolve_tracking_uri
 
         uri = resolve_tracking_uri(sweep.base.tracking)
         print(f"\nMLflow: parent run {outcome.parent_run_id} ({sweep.name}) in experiment {sweep.base.tracking.experiment!r}"
-              f"\n  browse with: inflora ui   (or: mlflow ui --backend-store-uri {shlex.quote(uri)})")
+              f"\n  {browse_hint(uri)}")
     from .tracking import masked_url
 
     print(f"Optuna: optuna-dashboard {shlex.quote(masked_url(sweep.storage_url))}")
