@@ -26,6 +26,13 @@ def _percent(frame):
     return (frame * 100).round(2)
 
 
+def ui_url(host: str, port: int, experiment_id: str | None = None) -> str:
+    """The UI's address in its "Model training" view: MLflow 3's UI starts in its GenAI
+    view (a switch it keeps in the browser) unless the link says ``workflowType``."""
+    page = f"experiments/{experiment_id}/runs" if experiment_id else "experiments"
+    return f"http://{host}:{port}/#/{page}?workflowType=machine_learning"
+
+
 def browse_hint(tracking_uri: str) -> str:
     """How to look at a tracking store: a server is opened in a browser (``mlflow ui
     --backend-store-uri http://…`` would be meaningless), a local store with ``inflora ui``."""
@@ -130,7 +137,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
         return 0
     # the mlflow of this interpreter, whether or not its bin/ is on PATH
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
-    print(f"MLflow UI on http://{args.host}:{args.port}  ({' '.join(shlex.quote(c) for c in cmd)})", flush=True)
+    # the server's job runner (GenAI scorers) spawns a pool of ~245 MB consumers this pipeline never uses
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    print(f"MLflow UI: open {ui_url(args.host, args.port)}  ({' '.join(shlex.quote(c) for c in cmd)})", flush=True)
     os.execv(cmd[0], cmd)
     return 0  # pragma: no cover
 

@@ -73,6 +73,7 @@ class SystemMetrics:
         except ImportError as exc:  # psutil missing: the run goes on without them
             _logger.warning("no system metrics for run %s: %s", run_id, exc)
             return
+        logging.getLogger("mlflow.system_metrics.system_metrics_monitor").setLevel(logging.WARNING)  # no INFO lines per run in the CLI's output
         monitor.start()
         self._monitors[run_id] = monitor
 

@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from .config import TrackingConfig, config_to_dict, flatten
-from .plots import accuracy_heatmap, close, metric_curves
+from .plots import accuracy_heatmap, close, figure_pixels, metric_curves
 from .results import collect_results
 from .stages import RunSpec
 from .state import RunDir, StageKey
@@ -96,6 +96,15 @@ def mark_model_training(client, experiment_id: str) -> None:
     """Tag an experiment as model training, unless someone chose its kind already."""
     if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+
+
+HEATMAP_IMAGE_KEY = "acc/test/accuracy_matrix"
+
+
+def log_heatmap_image(client, run_id: str, fig, step: int) -> None:
+    """The heat map as an MLflow image at ``step``: the run page's "Model metrics" tab shows it
+    beside the ``acc/test`` charts (with a step slider), one click from the run."""
+    client.log_image(run_id, figure_pixels(fig), key=HEATMAP_IMAGE_KEY, step=step)
 
 
 def log_stage_node(client, run_id: str, run_dir: RunDir, key: StageKey, info: Mapping[str, Any]) -> None:
@@ -263,6 +272,7 @@ class Tracker:
                 self.client.log_artifact(run_id, str(path))
         fig = accuracy_heatmap(results.test, f"{spec.label}: test accuracy R[session, task]")
         self.client.log_figure(run_id, fig, "plots/accuracy_matrix.png")
+        log_heatmap_image(self.client, run_id, fig, step=upto)
         close(fig)
         curves = {f"test/{k}": v for k, v in results.curves("test").items()}
         if not results.val.empty and not results.val.isna().all().all():
