@@ -33,6 +33,14 @@ def ui_url(host: str, port: int, experiment_id: str | None = None) -> str:
     return f"http://{host}:{port}/#/{page}?workflowType=machine_learning"
 
 
+def _experiments(uri: str) -> list[tuple[str, str]]:
+    """(name, id) of the store's experiments that hold runs."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    return [(e.name, e.experiment_id) for e in client.search_experiments() if client.search_runs([e.experiment_id], max_results=1)]
+
+
 def browse_hint(tracking_uri: str) -> str:
     """How to look at a tracking store: a server is opened in a browser (``mlflow ui
     --backend-store-uri http://…`` would be meaningless), a local store with ``inflora ui``."""
@@ -139,7 +147,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
     # the server's job runner (GenAI scorers) spawns a pool of ~245 MB consumers this pipeline never uses
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    print(f"MLflow UI: open {ui_url(args.host, args.port)}  ({' '.join(shlex.quote(c) for c in cmd)})", flush=True)
+    print(f"MLflow UI: open {ui_url(args.host, args.port)}  ({' '.join(shlex.quote(c) for c in cmd)})")
+    # MLflow 3's UI keeps a GenAI / Model training switch in the browser (GenAI at first):
+    # these links open each experiment's runs in the Model training view
+    for name, experiment_id in _experiments(uri):
+        print(f"  {name}: {ui_url(args.host, args.port, experiment_id)}")
+    sys.stdout.flush()
     os.execv(cmd[0], cmd)
     return 0  # pragma: no cover
 

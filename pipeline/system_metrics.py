@@ -68,12 +68,13 @@ class SystemMetrics:
         """Start sampling for ``run_id`` (steps continue after a reopened run's last one)."""
         if run_id in self._monitors or not system_metrics_enabled():
             return
+        # MLflow's INFO lines (started, stopped, no GPU) would print for every run in the CLI's output
+        logging.getLogger("mlflow.system_metrics.system_metrics_monitor").setLevel(logging.WARNING)
         try:
             monitor = _monitor_class()(run_id, sampling_interval=self.interval_s, resume_logging=resume, tracking_uri=self.tracking_uri)
         except ImportError as exc:  # psutil missing: the run goes on without them
             _logger.warning("no system metrics for run %s: %s", run_id, exc)
             return
-        logging.getLogger("mlflow.system_metrics.system_metrics_monitor").setLevel(logging.WARNING)  # no INFO lines per run in the CLI's output
         monitor.start()
         self._monitors[run_id] = monitor
 
