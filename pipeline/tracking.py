@@ -86,8 +86,9 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
     return (db.parent / "mlartifacts" / safe).resolve().as_uri()
 
 
-# MLflow 3's UI opens an experiment by its kind (the tag its own UI sets with the
-# "Model training" switch): without it, a GenAI view (traces) with the runs hidden.
+# MLflow 3 records an experiment's kind (GenAI or model training) in this tag. The
+# 3.17 UI also keeps a GenAI / Model training switch in the browser (GenAI at first),
+# which wins over the tag there: `inflora ui` prints links that set it (pipeline/cli.py).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
 

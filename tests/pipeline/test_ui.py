@@ -113,6 +113,8 @@ def test_run_page_shows_the_run_its_chart_and_heat_map(ui, browser):
     wait = WebDriverWait(browser, WAIT_S)
     assert url.startswith("http://127.0.0.1:") and url.endswith(f"/#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning")
     browser.get(url)  # the experiment's address that inflora ui printed: its runs table (not the GenAI traces view)
+    # the switch the link set; clicking it keeps the Model training view for the pages that follow
+    wait.until(ec.element_to_be_clickable((By.XPATH, "//*[@role='button' or self::button][normalize-space()='Model training']"))).click()
     wait.until(ec.element_to_be_clickable((By.LINK_TEXT, run.info.run_name))).click()
     wait.until(ec.url_contains(f"/runs/{run.info.run_id}"))
     # the run page -> its "Model metrics" tab
@@ -123,10 +125,12 @@ def test_run_page_shows_the_run_its_chart_and_heat_map(ui, browser):
     assert image
     body = browser.find_element(By.TAG_NAME, "body").text
     assert run.info.run_name in body
+    assert "Evaluation runs" not in body  # the Model training view's side bar, not the GenAI one
     assert "task_mean" in body and "acc/test" in body
     for close in browser.find_elements(By.XPATH, "//*[contains(., 'MLflow Assistant')]/ancestor::*[.//button][1]//button[@aria-label='Close']"):
         close.click()  # the assistant's side panel, only for a wider screenshot
         break
+    browser.execute_script("arguments[0].scrollIntoView({block: 'nearest', inline: 'nearest'});", image[0])  # inside its card
     time.sleep(1)
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(SCREENSHOT))
