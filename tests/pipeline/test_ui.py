@@ -113,8 +113,14 @@ def test_run_page_shows_the_run_its_chart_and_heat_map(ui, browser):
     wait = WebDriverWait(browser, WAIT_S)
     assert url.startswith("http://127.0.0.1:") and url.endswith(f"/#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning")
     browser.get(url)  # the experiment's address that inflora ui printed: its runs table (not the GenAI traces view)
-    # the switch the link set; clicking it keeps the Model training view for the pages that follow
-    wait.until(ec.element_to_be_clickable((By.XPATH, "//*[@role='button' or self::button][normalize-space()='Model training']"))).click()
+    wait.until(ec.presence_of_element_located((By.LINK_TEXT, run.info.run_name)))
+    # The link shows the runs, but only the side bar's switch is remembered (in the browser) for
+    # the pages that follow: flip it as a user would, GenAI and back to Model training.
+    # (JavaScript clicks: a GenAI tour pop-up may lie over the switch.)
+    switch = "//*[@role='button' or self::button][normalize-space()='{}']"
+    for side in ("GenAI", "Model training"):
+        browser.execute_script("arguments[0].click()", wait.until(ec.presence_of_element_located((By.XPATH, switch.format(side)))))
+    wait.until(ec.url_contains("/runs"))
     wait.until(ec.element_to_be_clickable((By.LINK_TEXT, run.info.run_name))).click()
     wait.until(ec.url_contains(f"/runs/{run.info.run_id}"))
     # the run page -> its "Model metrics" tab
