@@ -12,5 +12,8 @@
 # marking its MLflow runs KILLED; running the same command again resumes them.
 set -eu
 : "${RAY_ADDRESS:?RAY_ADDRESS must name the Ray head, e.g. ray-head:6379}"
-ray start --address="$RAY_ADDRESS" --num-cpus=0 --num-gpus=0 --disable-usage-stats
+# The object store stays below the container's shm_size (1gb in compose.yaml): Ray's
+# default (30 % of RAM) would fall back to /tmp, with a warning.
+ray start --address="$RAY_ADDRESS" --num-cpus=0 --num-gpus=0 --disable-usage-stats \
+    --object-store-memory="${RAY_DRIVER_OBJECT_STORE_BYTES:-500000000}"
 exec "$@"

@@ -26,6 +26,31 @@ def _percent(frame):
     return (frame * 100).round(2)
 
 
+def ui_url(host: str, port: int, experiment_id: str | None = None) -> str:
+    """The UI's address in its "Model training" view: MLflow 3's UI starts in its GenAI
+    view (a switch it keeps in the browser) unless the link says ``workflowType``."""
+    page = f"experiments/{experiment_id}/runs" if experiment_id else "experiments"
+    return f"http://{host}:{port}/#/{page}?workflowType=machine_learning"
+
+
+def _experiments(uri: str) -> list[tuple[str, str]]:
+    """(name, id) of the store's experiments that hold runs."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    return [(e.name, e.experiment_id) for e in client.search_experiments() if client.search_runs([e.experiment_id], max_results=1)]
+
+
+def browse_hint(tracking_uri: str) -> str:
+    """How to look at a tracking store: a server is opened in a browser (``mlflow ui
+    --backend-store-uri http://…`` would be meaningless), a local store with ``inflora ui``."""
+    if tracking_uri.startswith(("http://", "https://")):
+        # the compose stack's runner logs to http://mlflow:5000, published on the host's 127.0.0.1
+        local = "http://127.0.0.1:5000" if "://mlflow:" in tracking_uri else tracking_uri
+        return f"browse: open {local} in a browser"
+    return f"browse with: inflora ui   (or: mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --host 127.0.0.1)"
+
+
 def _print_outcomes(outcomes, tracking_uri: str | None) -> None:
     import pandas as pd
 
@@ -44,7 +69,7 @@ def _print_outcomes(outcomes, tracking_uri: str | None) -> None:
     for o in outcomes:
         print(f"  {o.run_dir.path}")
     if tracking_uri:
-        print(f"\nMLflow: {tracking_uri}\n  browse with: inflora ui   (or: mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --host 127.0.0.1)")
+        print(f"\nMLflow: {tracking_uri}\n  {browse_hint(tracking_uri)}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -188,7 +213,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
         return 0
     # the mlflow of this interpreter, whether or not its bin/ is on PATH
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
-    print(f"MLflow UI on http://{args.host}:{args.port}  ({' '.join(shlex.quote(c) for c in cmd)})", flush=True)
+    # the server's job runner (GenAI scorers) spawns a pool of ~245 MB consumers this pipeline never uses
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    print(f"MLflow UI: open {ui_url(args.host, args.port)}  ({' '.join(shlex.quote(c) for c in cmd)})")
+    # MLflow 3's UI keeps a GenAI / Model training switch in the browser (GenAI at first):
+    # these links open each experiment's runs in the Model training view
+    for name, experiment_id in _experiments(uri):
+        print(f"  {name}: {ui_url(args.host, args.port, experiment_id)}")
+    sys.stdout.flush()
     os.execv(cmd[0], cmd)
     return 0  # pragma: no cover
 

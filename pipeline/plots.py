@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-__all__ = ["accuracy_heatmap", "metric_curves"]
+__all__ = ["accuracy_heatmap", "metric_curves", "figure_pixels"]
 
 
 def accuracy_heatmap(matrix: pd.DataFrame, title: str) -> Figure:
@@ -47,6 +47,12 @@ def metric_curves(curves: dict[str, list[float]], title: str) -> Figure:
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def figure_pixels(fig: Figure) -> np.ndarray:
+    """The rendered figure as RGB pixels, (height, width, 3) uint8 (for ``MlflowClient.log_image``)."""
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
 def close(fig: Figure) -> None:

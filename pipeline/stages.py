@@ -40,6 +40,7 @@ from model.net import ContinualViT
 
 from .config import RunConfig, config_to_dict
 from .data import DataSource, Split, load_dataset, make_loader, make_split
+from .nodes import current_node_id
 from .state import RunDir, RunStateError, StageKey
 
 __all__ = [
@@ -307,14 +308,6 @@ def split_stage(spec: RunSpec) -> tuple[StepResult, dict[str, str]]:
     return StepResult(info=info), {"split.json": run_dir.file_sha256("split.json")}
 
 
-def _node_id() -> str | None:
-    """The Ray node this stage runs on (``None`` in-process)."""
-    ray = sys.modules.get("ray")  # never import Ray just to ask
-    if ray is None or not ray.is_initialized():
-        return None
-    return ray.get_runtime_context().get_node_id()
-
-
 def run_stage(spec: RunSpec, key: StageKey, *_upstream: Any) -> dict[str, Any]:
     """Run one stage if its marker is absent; return its recorded result (as stored).
 
@@ -339,7 +332,7 @@ def run_stage(spec: RunSpec, key: StageKey, *_upstream: Any) -> dict[str, Any]:
     result.wall_time_s = time.perf_counter() - started
     result.device = device
     result.info["peak_memory_mb"] = peak_memory_mb(torch.device(device))
-    result.node_id = _node_id()
+    result.node_id = current_node_id()
     run_dir.mark_done(key, result.to_dict(), outputs)
     run_dir.log_event(key, "finish", wall_time_s=result.wall_time_s, node_id=result.node_id)
     return run_dir.read_done(key)

@@ -33,12 +33,13 @@ from typing import Any
 import yaml
 
 from .config import TrackingConfig, config_to_dict, flatten
-from .plots import accuracy_heatmap, close, metric_curves
+from .plots import accuracy_heatmap, close, figure_pixels, metric_curves
 from .results import collect_results
 from model.methods import StepResult
 
 from .stages import RunSpec
 from .state import IntegrityError, RunDir, StageKey
+from .system_metrics import SystemMetrics
 
 __all__ = ["Tracker", "resolve_tracking_uri", "package_versions", "git_commit"]
 
@@ -87,6 +88,36 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
     return (db.parent / "mlartifacts" / safe).resolve().as_uri()
 
 
+# MLflow 3 records an experiment's kind (GenAI or model training) in this tag. The
+# 3.17 UI also keeps a GenAI / Model training switch in the browser (GenAI at first),
+# which wins over the tag there: `inflora ui` prints links that set it (pipeline/cli.py).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+
+
+def mark_model_training(client, experiment_id: str) -> None:
+    """Tag an experiment as model training, unless someone chose its kind already."""
+    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+
+
+HEATMAP_IMAGE_KEY = "acc/test/accuracy_matrix"
+
+
+def log_heatmap_image(client, run_id: str, fig, step: int) -> None:
+    """The heat map as an MLflow image at ``step``: the run page's "Model metrics" tab shows it
+    beside the ``acc/test`` charts (with a step slider), one click from the run."""
+    client.log_image(run_id, figure_pixels(fig), key=HEATMAP_IMAGE_KEY, step=step)
+
+
+def log_stage_node(client, run_id: str, run_dir: RunDir, key: StageKey, result: StepResult) -> None:
+    """Record the Ray node a stage ran on: tag ``node/<stage>`` and an events.jsonl line."""
+    node = result.node_id
+    if node:
+        client.set_tag(run_id, f"node/{key}", node)
+        run_dir.log_event(key, "node", node_id=node)
+
+
 def _metric_batch(values: Mapping[str, float], step: int, timestamp: int) -> list:
     from mlflow.entities import Metric
 
@@ -117,6 +148,8 @@ class Tracker:
         found = self.client.get_experiment_by_name(name)
         self.experiment_id = found.experiment_id if found else self.client.create_experiment(name, _artifact_location(self.uri, name))
         self.experiment_name = name
+        mark_model_training(self.client, self.experiment_id)
+        self.system_metrics = SystemMetrics(self.uri)
 
     # ------------------------------------------------------------------ runs
     def open_run(
@@ -138,6 +171,7 @@ class Tracker:
                 run = self.client.get_run(state["run_id"])
                 if run.info.experiment_id == self.experiment_id and run.info.lifecycle_stage == "active":
                     self.client.update_run(state["run_id"], status="RUNNING")
+                    self.system_metrics.start(state["run_id"], resume=True)
                     return state["run_id"]
             except MlflowException:
                 pass
@@ -168,6 +202,7 @@ class Tracker:
         self.client.log_text(run_id, yaml.safe_dump(config_to_dict(cfg), sort_keys=False), "config.yaml")
         run_dir.write_json("tracking.json", {"run_id": run_id, "tracking_uri": self.uri, "logged": []})
         self.client.log_batch(run_id, tags=[RunTag("run_dir", str(run_dir.path))])
+        self.system_metrics.start(run_id, resume=False)
         return run_id
 
     def logged(self, run_dir: RunDir) -> set[str]:
@@ -200,8 +235,6 @@ class Tracker:
                 self.client.set_tag(run_id, f"protocol.{name}", str(value))
             sizes = {f"data/train_size/task_{t:03d}": n for t, n in enumerate(info["train_sizes"])}
             metrics += _metric_batch(sizes, 0, now)
-        if result.node_id:
-            self.client.set_tag(run_id, f"node/{key}", result.node_id)
         epochs = spec.config.train.epochs
         for record in result.epochs:
             global_epoch = s * epochs + int(record["epoch"])
@@ -220,6 +253,7 @@ class Tracker:
             metrics += _metric_batch(result.metrics, step, now)
         for i in range(0, len(metrics), _MAX_METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=metrics[i : i + _MAX_METRICS_PER_BATCH])
+        log_stage_node(self.client, run_id, run_dir, key, result)
         self._mark_logged(run_dir, key)
 
     def _eval_metrics(self, run_dir: RunDir, result: StepResult, s: int, sessions: list[list[int]], now: int) -> list:
@@ -259,6 +293,7 @@ class Tracker:
                 self.client.log_artifact(run_id, str(path))
         fig = accuracy_heatmap(results.test, f"{spec.label}: test accuracy R[session, task]")
         self.client.log_figure(run_id, fig, "plots/accuracy_matrix.png")
+        log_heatmap_image(self.client, run_id, fig, step=upto)
         close(fig)
         curves = {f"test/{k}": v for k, v in results.curves("test").items()}
         if not results.val.empty and not results.val.isna().all().all():
@@ -282,6 +317,7 @@ class Tracker:
         if self.cfg.log_adapters:
             for relative in _verified_state_files(run_dir, len(sessions)):
                 self.client.log_artifact(run_id, str(run_dir.file(relative)), f"adapters/{Path(relative).parent}")
+        self.system_metrics.stop(run_id)
         self.client.set_terminated(run_id, "FINISHED")
         return summary
 
@@ -314,6 +350,7 @@ class Tracker:
 
     def fail(self, run_id: str, error: str, status: str = "FAILED") -> None:
         self.client.set_tag(run_id, "error", error[:5000])
+        self.system_metrics.stop(run_id)
         self.client.set_terminated(run_id, status)
 
 

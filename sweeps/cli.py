@@ -4,6 +4,7 @@
     inflora sweep --resume configs/sweep_demo.yaml    # or the sweep directory: continue a killed sweep
     inflora sweep --best sweeps/demo-sweep            # best configuration, its numbers, a re-run command
     inflora sweep configs/sweep_demo.yaml --smoke-test
+    inflora sweep configs/sweep_demo.yaml --dashboard # Optuna's dashboard of the study, on 127.0.0.1:8080
 
 Printing happens here only; the library modules log.
 """
@@ -14,6 +15,8 @@ import argparse
 import math
 import shlex
 import sys
+
+from .dashboard import DEFAULT_PORT
 
 __all__ = ["add_sweep_parser", "cmd_sweep", "print_mlflow_sweep", "print_summary"]
 
@@ -36,6 +39,8 @@ def add_sweep_parser(subparsers) -> None:
     p.add_argument("--max-concurrent", type=int, help="override sweep.max_concurrent")
     p.add_argument("--smoke-test", action="store_true", help="2 trials of 1 epoch per task, in <name>-smoke (for CI)")
     p.add_argument("--quiet", action="store_true", help="no Ray Tune progress table")
+    p.add_argument("--dashboard", action="store_true", help="serve the sweep's Optuna study with optuna-dashboard on 127.0.0.1 (runs nothing)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port of --dashboard (default {DEFAULT_PORT})")
     p.set_defaults(func=cmd_sweep)
 
 
@@ -59,6 +64,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     extra = _extra_overrides(args, sweep)
     if extra:
         sweep = load_sweep(args.target, overrides + extra)
+    if args.dashboard:
+        from .dashboard import serve_dashboard
+
+        print(f"Optuna dashboard of study {sweep.study_name!r} on http://127.0.0.1:{args.port}  (Ctrl-C stops it)", flush=True)
+        try:
+            serve_dashboard(sweep, port=args.port)
+        except ImportError as exc:
+            print(f"inflora: error: {exc}", file=sys.stderr)
+            return 1
+        return 0
     if args.best:
         from .results import summarize_sweep
 
@@ -73,14 +88,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     outcome = run_sweep(sweep, resume=args.resume, verbose=0 if args.quiet else 1)
     print_summary(outcome.summary)
     if outcome.parent_run_id:
+        from pipeline.cli import browse_hint
         from pipeline.tracking import resolve_tracking_uri
 
         uri = resolve_tracking_uri(sweep.base.tracking)
         print(f"\nMLflow: parent run {outcome.parent_run_id} ({sweep.name}) in experiment {sweep.base.tracking.experiment!r}"
-              f"\n  browse with: inflora ui   (or: mlflow ui --backend-store-uri {shlex.quote(uri)})")
+              f"\n  {browse_hint(uri)}")
     from .tracking import masked_url
 
-    print(f"Optuna: optuna-dashboard {shlex.quote(masked_url(sweep.storage_url))}")
+    print(f"Optuna: inflora sweep {shlex.quote(str(args.target))} --dashboard   (or: optuna-dashboard {shlex.quote(masked_url(sweep.storage_url))} --host 127.0.0.1)")
     if not outcome.complete:
         print(f"\nthe sweep did not finish; resume it with: inflora sweep --resume {shlex.quote(str(sweep.dir))}")
         return 1

@@ -7,6 +7,7 @@ the tests skip, unless ``INFLORA_CI`` is set (CI installs it): then they fail.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import shutil
@@ -282,3 +283,54 @@ def test_dockerfile():
         for source in sources:
             if not any(ch in source for ch in "*?["):
                 assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+
+
+# ------------------------------------------------ nits found on a real engine
+def _shm_bytes(value) -> int:
+    """Bytes of a compose size (``2gb``, ``1g``, ``512m``, a plain number)."""
+    found = re.fullmatch(r"(\d+(?:\.\d+)?)([kmg]?)b?", str(value).strip().lower())
+    assert found, value
+    return int(float(found.group(1)) * {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}[found.group(2)])
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, "https://download.pytorch.org/whl/cpu"), ("", ""),
+                                                 ("https://example.invalid/simple", "https://example.invalid/simple")],
+                         ids=["unset", "empty", "set"])
+def test_torch_index_url_empty_reaches_the_dockerfile(compose_cmd, empty_env_file, value, expected):
+    """``${VAR-default}``: only an unset variable takes the CPU index; empty means PyPI (the Dockerfile's rule)."""
+    env = {} if value is None else {"TORCH_INDEX_URL": value}
+    services = load_config(compose_cmd, empty_env_file, COMPOSE, **env)["services"]
+    built = {name: s["build"]["args"]["TORCH_INDEX_URL"] for name, s in services.items() if "build" in s}
+    assert built and set(built.values()) == {expected}, built
+
+
+def test_two_workers_by_default(config, compose_cmd, empty_env_file):
+    """``up runner`` (which applies the file's scale) keeps two workers; RAY_WORKERS changes it."""
+    assert int(config["services"]["ray-worker"]["scale"]) == 2
+    assert int(load_config(compose_cmd, empty_env_file, COMPOSE, RAY_WORKERS="3")["services"]["ray-worker"]["scale"]) == 3
+
+
+def test_object_store_fits_in_shm(config):
+    """Ray's default object store (30 % of RAM) exceeds shm_size and falls back to /tmp: each node sets a smaller one."""
+    services = config["services"]
+    for name in ("ray-head", "ray-worker"):
+        store = option(command(services[name]), "--object-store-memory")
+        assert store is not None, name
+        assert int(store) < _shm_bytes(services[name]["shm_size"]), name
+    driver = (DOCKER / "ray-driver.sh").read_text()
+    found = re.search(r'--object-store-memory="\$\{RAY_DRIVER_OBJECT_STORE_BYTES:-(\d+)\}"', driver)
+    assert found and int(found.group(1)) < _shm_bytes(services["runner"]["shm_size"])
+
+
+def test_shm_bytes():
+    assert _shm_bytes("2gb") == 2 * 2**30 and _shm_bytes("1g") == 2**30 and _shm_bytes(1024) == 1024
+
+
+def test_legacy_builder_context_excludes_the_venv():
+    """The root .dockerignore (what the legacy builder reads) excludes everything but what the image copies."""
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert patterns[0] == "*"
+    reincluded = [p[1:].rstrip("/") for p in patterns if p.startswith("!")]
+    assert not any(fnmatch.fnmatch(name, p) for p in reincluded for name in (".venv", "runs", "checkpoints", "mlflow.db", "mlruns"))
+    readme = (DOCKER / "README.md").read_text()
+    assert "would upload the whole checkout" not in readme

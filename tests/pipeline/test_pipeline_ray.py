@@ -50,6 +50,11 @@ def test_two_task_runs_on_ray_with_mlflow(tmp_path, tiny_checkpoint, ray_cluster
                     "acc/val/task_mean", "forgetting/test", "bwt/test", "memory/rank_mean", "interference/ratio",
                     "time/train_s", "final/final_acc_task_mean", "final/avg_acc_task_mean", "final/forgetting"):
             assert key in m, key
+        import ray
+
+        # every stage is tagged with the Ray node it ran on: here the one local node
+        nodes = {k: v for k, v in run.data.tags.items() if k.startswith("node/")}
+        assert len(nodes) == 1 + 4 * 2 and set(nodes.values()) == {ray.get_runtime_context().get_node_id()}
         steps = sorted(x.step for x in client.get_metric_history(outcome.run_id, "acc/test/task_000"))
         assert steps == [0, 1]
         assert [x.step for x in client.get_metric_history(outcome.run_id, "acc/test/task_001")] == [1]

@@ -1,0 +1,102 @@
+"""What the tracker adds around the metrics: the experiment's kind, stage nodes, system metrics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import tiny_config_dict
+
+from pipeline.cli import browse_hint
+from pipeline.config import TrackingConfig, config_from_dict
+from pipeline.nodes import current_node_id
+from pipeline.runner import execute, make_specs
+from pipeline.state import RunDir, StageKey
+from pipeline.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND, Tracker, log_stage_node
+
+
+def test_experiments_are_model_training(tmp_path):
+    """MLflow 3's UI shows the runs (not the GenAI traces view) of a custom_model_development experiment."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    created = Tracker(TrackingConfig(experiment="new", uri=uri))
+    assert client.get_experiment(created.experiment_id).tags[EXPERIMENT_KIND_TAG] == "custom_model_development" == MODEL_TRAINING_KIND
+    old = client.create_experiment("older")  # made before the tag existed: marked when reopened
+    chosen = client.create_experiment("chosen", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    Tracker(TrackingConfig(experiment="older", uri=uri))
+    Tracker(TrackingConfig(experiment="chosen", uri=uri))
+    assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    assert client.get_experiment(chosen).tags[EXPERIMENT_KIND_TAG] == "genai_development"  # a user's choice stays
+
+
+class _Client:
+    def __init__(self):
+        self.tags = {}
+
+    def set_tag(self, run_id, key, value):
+        self.tags[(run_id, key)] = value
+
+
+def test_stage_node_is_a_tag_and_an_event(tmp_path):
+    run_dir = RunDir(str(tmp_path))
+    client = _Client()
+    key = StageKey(2, "train")
+    log_stage_node(client, "r1", run_dir, key, {"node_id": "abc123"})
+    log_stage_node(client, "r1", run_dir, StageKey(2, "eval"), {"node_id": None})  # in-process: no node
+    assert client.tags == {("r1", "node/session_002/train"): "abc123"}
+    (line,) = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert (line["stage"], line["event"], line["node_id"]) == ("session_002/train", "node", "abc123")
+
+
+def test_no_node_outside_ray():
+    import sys
+
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        pytest.skip("a Ray cluster of another test is up in this process")
+    assert current_node_id() is None
+
+
+def test_system_metrics_per_run_and_after_resume(tmp_path, tiny_checkpoint, monkeypatch):
+    """CPU and RAM samples of the machine land on the run as system/* metrics, steps 0, 1, ...;
+    a resumed run continues the steps; the sampling interval is MLflow's variable."""
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    cfg = config_from_dict(tiny_config_dict(tmp_path, tiny_checkpoint, data={"num_tasks": 2}))
+    (outcome,) = execute(make_specs(cfg), progress=False)
+    client = MlflowClient(tracking_uri=cfg.tracking.uri)
+
+    def steps(key):
+        return [m.step for m in client.get_metric_history(outcome.run_id, key)]
+
+    metrics = client.get_run(outcome.run_id).data.metrics
+    assert 0 <= metrics["system/cpu_utilization_percentage"] <= 100
+    assert 0 < metrics["system/system_memory_usage_percentage"] <= 100 and metrics["system/system_memory_usage_megabytes"] > 0
+    first = steps("system/cpu_utilization_percentage")
+    assert first == list(range(len(first))) and len(first) >= 1
+    (again,) = execute(make_specs(cfg), progress=False)  # every stage done: reopen, finish
+    assert again.run_id == outcome.run_id
+    second = steps("system/cpu_utilization_percentage")
+    assert second[: len(first)] == first and second == list(range(len(second))) and len(second) > len(first)
+
+
+def test_system_metrics_can_be_switched_off(tmp_path, tiny_checkpoint, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+    cfg = config_from_dict(tiny_config_dict(tmp_path, tiny_checkpoint, data={"num_tasks": 2}))
+    (outcome,) = execute(make_specs(cfg), progress=False)
+    metrics = MlflowClient(tracking_uri=cfg.tracking.uri).get_run(outcome.run_id).data.metrics
+    assert "final/final_acc_task_mean" in metrics and not [k for k in metrics if k.startswith("system/")]
+
+
+@pytest.mark.parametrize(("uri", "expected", "absent"), [
+    ("http://mlflow:5000", "open http://127.0.0.1:5000", "backend-store-uri"),  # the compose stack's runner
+    ("http://10.0.0.5:5000", "open http://10.0.0.5:5000", "backend-store-uri"),
+    ("sqlite:////tmp/x/mlflow.db", "inflora ui", "open http"),
+])
+def test_browse_hint(uri, expected, absent):
+    hint = browse_hint(uri)
+    assert expected in hint and absent not in hint
