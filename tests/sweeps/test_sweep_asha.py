@@ -17,6 +17,7 @@ def test_asha_stops_the_bad_trial_and_seeds_are_averaged(tiny_sweep):  # noqa: F
     from optuna.trial import TrialState
 
     from pipeline.runner import make_specs
+    from pipeline.stages import read_result
     from pipeline.state import RunDir, StageKey
     from sweeps.trial import validation_objective
     from sweeps.tuner import open_study, run_sweep
@@ -52,8 +53,8 @@ def test_asha_stops_the_bad_trial_and_seeds_are_averaged(tiny_sweep):  # noqa: F
     cfg = sweep.trial_config(GOOD, good["trial_id"])
     per_seed = []
     for spec in make_specs(cfg):
-        rows = [RunDir(spec.run_dir).read_done(StageKey(s, "eval"))["val"] for s in range(3)]
-        per_seed.append(validation_objective([{int(k): v for k, v in r.items()} for r in rows])[0])
+        rows = [read_result(RunDir(spec.run_dir), StageKey(s, "eval")).val_row() for s in range(3)]
+        per_seed.append(validation_objective(rows)[0])
     assert len(per_seed) == 2
     assert study[GOOD["lr"]].value == pytest.approx(sum(per_seed) / 2)
 
