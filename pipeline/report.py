@@ -8,22 +8,15 @@ import pandas as pd
 
 __all__ = ["PAPER_RESULTS", "open_store", "runs_table", "summary_table", "comparison_figure"]
 
-# Published final and average accuracy in %, keyed by (config ``name``, method).
-# InfLoRA: Liang & Li, CVPR 2024, Tables 1-3 (ViT-B/16 in21k, mean ± std over 5 seeds).
-# SD-LoRA: Wu et al., ICLR 2025 (its own ViT-B/16 in21k fine-tuned on in1k backbone).
-# The prompt methods' rows of the InfLoRA tables are left out: they could not be
-# checked against a public copy of the tables here.
-PAPER_RESULTS: dict[tuple[str, str], dict[str, str]] = {
-    ("imagenet_r_10", "inflora"): {"paper_final": "75.65 ± 0.14", "paper_average": "80.82 ± 0.24"},
-    ("imagenet_r_5", "inflora"): {"paper_final": "77.52 ± 0.37", "paper_average": "82.01 ± 0.12"},
-    ("imagenet_r_20", "inflora"): {"paper_final": "71.01 ± 0.45", "paper_average": "77.28 ± 0.45"},
-    ("cifar100_10", "inflora"): {"paper_final": "86.51 ± 0.73", "paper_average": "91.70 ± 0.32"},
-    ("domainnet_5", "inflora"): {"paper_final": "74.53 ± 0.23", "paper_average": "79.57 ± 0.57"},
-    ("imagenet_r_10", "sd_lora"): {"paper_final": "77.34 ± 0.35", "paper_average": "82.04 ± 0.24",
-                                   "paper_note": "SD-LoRA paper; in21k+in1k backbone"},
-    ("cifar100_10", "sd_lora"): {"paper_final": "88.01", "paper_average": "92.54",
-                                 "paper_note": "SD-LoRA paper; in21k+in1k backbone"},
-}
+def _published() -> dict[tuple[str, str], dict[str, str]]:
+    """Published final and average accuracy in %, keyed by (config ``name``, method): each
+    method declares its own (``ContinualMethod.published``)."""
+    from model.methods import available_methods, get_method_class
+
+    return {(config, name): figures for name in available_methods() for config, figures in get_method_class(name).published.items()}
+
+
+PAPER_RESULTS: dict[tuple[str, str], dict[str, str]] = _published()
 
 # Costs per task, logged by pipeline.tracking.run_costs (not percentages).
 _COSTS = {

@@ -89,6 +89,10 @@ class ContinualMethod(ABC):
 
     name: ClassVar[str]
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    published: ClassVar[dict[str, dict[str, str]]] = {}
+    """The method's published final/average accuracy (%) per paper config name
+    (``{"imagenet_r_10": {"paper_final": "75.65 ± 0.14", ...}}``), shown beside its rows by
+    ``inflora report``; only figures checked against their source."""
 
     def __init__(self, config: MethodConfig, lora: LoRASpec | None = None) -> None:
         if not isinstance(config, self.config_class):

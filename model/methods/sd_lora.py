@@ -169,6 +169,11 @@ class SDLoRA(ContinualMethod):
     config_class = SDLoRAConfig
     config: SDLoRAConfig
     official_backbone: ClassVar[str] = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
+    # Wu et al., ICLR 2025 (SD-LoRA's own backbone: ViT-B/16 in21k fine-tuned on in1k)
+    published = {
+        "imagenet_r_10": {"paper_final": "77.34 ± 0.35", "paper_average": "82.04 ± 0.24", "paper_note": "SD-LoRA paper; in21k+in1k backbone"},
+        "cifar100_10": {"paper_final": "88.01", "paper_average": "92.54", "paper_note": "SD-LoRA paper; in21k+in1k backbone"},
+    }
 
     @staticmethod
     def branch_name(session: int) -> str:
