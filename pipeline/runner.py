@@ -19,6 +19,7 @@ from typing import Any
 from model.methods import create_method
 
 from .config import RunConfig
+from .lock import locked_runs
 from .pretrain import ensure_backbone
 from .results import RunResults, collect_results
 from .scheduler import Executor, create_executor
@@ -92,6 +93,7 @@ class _Progress:
             self.bar.close()
 
 
+@locked_runs  # one driver per run directory: a second command fails at once, naming the first
 def execute(
     specs: Sequence[RunSpec],
     *,

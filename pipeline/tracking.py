@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from .config import TrackingConfig, config_to_dict, flatten
+from .lock import store_lock
 from .plots import accuracy_heatmap, close, metric_curves
 from .results import collect_results
 from .stages import RunSpec
@@ -112,8 +113,9 @@ class Tracker:
         self.figures_every_stage = figures_every_stage
         self.client = MlflowClient(tracking_uri=self.uri)
         name = experiment or cfg.experiment
-        found = self.client.get_experiment_by_name(name)
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(name, _artifact_location(self.uri, name))
+        with store_lock(self.uri):  # a fresh sqlite store is created (migrated) by one process at a time
+            found = self.client.get_experiment_by_name(name)
+            self.experiment_id = found.experiment_id if found else self.client.create_experiment(name, _artifact_location(self.uri, name))
         self.experiment_name = name
 
     # ------------------------------------------------------------------ runs
