@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -65,6 +66,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcomes = execute(specs, progress=not args.no_progress)
     cfg = specs[0].config
     _print_outcomes(outcomes, resolve_tracking_uri(cfg.tracking) if cfg.tracking.enabled else None)
+    from .offline import backlog_message
+
+    waiting = backlog_message(outcomes)  # the tracking server stayed down until the end
+    if waiting:
+        print(f"inflora: error: {waiting}", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -198,14 +205,36 @@ def main(argv: list[str] | None = None) -> int:
 
     from .config import ConfigError
     from .data import DatasetError
+    from .offline import TrackingUnavailable
+    from .resources import ResourceError
     from .runner import RunFailed
     from .state import RunStateError
 
+    previous = _on_sigterm(_interrupt)  # a killed command ends its MLflow runs as KILLED, as Ctrl-C does
+    errors = (ConfigError, BackboneError, DatasetError, SubspaceError, RunStateError, RunFailed, FileNotFoundError, LookupError,
+              ResourceError, TrackingUnavailable)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, BackboneError, DatasetError, SubspaceError, RunStateError, RunFailed, FileNotFoundError, LookupError) as exc:
+    except errors as exc:
         print(f"inflora: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("inflora: interrupted; finished stages are kept: re-run the same command to resume", file=sys.stderr)
+        return 130
+    finally:
+        _on_sigterm(previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _on_sigterm(handler):
+    """Install a SIGTERM handler (main thread only); return the previous one."""
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except (ValueError, TypeError):  # not the main thread, or no previous Python handler
+        return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -166,6 +166,8 @@ class ResourcesConfig:
         executor: ``"ray"`` (default) or ``"local"`` (in-process, for debugging).
         num_cpus: CPUs of the local Ray cluster started when no ``RAY_ADDRESS`` is set.
         max_retries: Ray retries of a stage whose worker died.
+        wait_for_resources_s: how long to wait for a node that can run a stage
+            (autoscaling clusters); 0 refuses a request no node meets at once.
     """
 
     cpus_per_stage: float = 1.0
@@ -173,8 +175,11 @@ class ResourcesConfig:
     executor: str = "ray"
     num_cpus: int | None = None
     max_retries: int = 1
+    wait_for_resources_s: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.wait_for_resources_s < 0:
+            raise ValueError(f"resources.wait_for_resources_s must be >= 0, got {self.wait_for_resources_s}")
         if self.cpus_per_stage <= 0:
             raise ValueError(f"resources.cpus_per_stage must be > 0, got {self.cpus_per_stage}")
         if self.gpus_per_stage < 0:
@@ -190,12 +195,16 @@ class ResourcesConfig:
 @dataclass(frozen=True)
 class TrackingConfig:
     """MLflow settings. ``uri`` falls back to ``MLFLOW_TRACKING_URI``, then to a
-    sqlite file ``mlflow.db`` in the working directory."""
+    sqlite file ``mlflow.db`` in the working directory. ``offline: true`` runs
+    while the tracking server is unreachable and logs everything once it answers
+    (a later re-run of the same command); otherwise an unreachable server at the
+    start is an error."""
 
     experiment: str = "inflora"
     uri: str | None = None
     log_adapters: bool = True
     enabled: bool = True
+    offline: bool = False
 
 
 @dataclass(frozen=True)

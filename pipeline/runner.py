@@ -20,7 +20,9 @@ from model.methods import create_method
 
 from .config import RunConfig
 from .lock import locked_runs
+from .offline import GuardedTracker
 from .pretrain import ensure_backbone
+from .resources import ensure_executor_fits
 from .results import RunResults, collect_results
 from .scheduler import Executor, create_executor
 from .stages import RunSpec, init_run_dir, stage_dependencies, stage_plan
@@ -121,6 +123,7 @@ def execute(
     for spec in specs:
         ensure_backbone(spec.config.backbone, spec.config.data, progress=progress)
     executor = executor or create_executor(specs[0].config.resources)
+    ensure_executor_fits(executor, [spec.config.resources for spec in specs])  # refuse what no node can run
     trackers: dict[tuple[str, ...], Tracker] = {}
     outcomes: list[RunOutcome] = []
     pending: dict[Any, tuple[RunOutcome, StageKey]] = {}
@@ -134,7 +137,7 @@ def execute(
         tracker = None
         if cfg.tracking.enabled:
             key = (cfg.tracking.uri or "", cfg.tracking.experiment)
-            tracker = trackers.get(key) or trackers.setdefault(key, Tracker(cfg.tracking))
+            tracker = trackers.get(key) or trackers.setdefault(key, GuardedTracker(cfg.tracking))  # an outage never stops the runs
             outcome.run_id = tracker.open_run(spec, run_dir, parent_run_id=parent_run_id, tags=tags)
         handles: dict[StageKey, Any] = {}
         for key in stage_plan(method, cfg.data.num_tasks):
@@ -159,16 +162,18 @@ def execute(
                 except Exception as exc:  # the stage (or one it depends on) failed
                     if outcome.error is None:
                         outcome.error = f"{key}: {type(exc).__name__}: {exc}"
-                        _logger.error("%s failed at %s:\n%s", outcome.spec.label, key, "".join(traceback.format_exception(exc)))
+                        _logger.info("%s failed at %s:\n%s", outcome.spec.label, key, "".join(traceback.format_exception(exc)))
                     outcome.status = "FAILED"
                     bar.advance(f"{outcome.spec.label} {key} FAILED")
                     continue
                 _after_stage(outcome, outcome.tracker, key, info, on_stage)
                 bar.advance(f"{outcome.spec.label} {key}")
-    except KeyboardInterrupt:
+    except BaseException as exc:  # interrupted (Ctrl-C, SIGTERM) or the driver failed: no MLflow run stays RUNNING
+        stopped = isinstance(exc, (KeyboardInterrupt, SystemExit))
         for outcome in outcomes:
             if outcome.tracker is not None and outcome.status == "RUNNING":
-                outcome.tracker.fail(outcome.run_id, "interrupted; resume with the same command", status="KILLED")
+                error = "interrupted; resume with the same command" if stopped else f"driver: {type(exc).__name__}: {exc}"
+                outcome.tracker.fail(outcome.run_id, error, status="KILLED" if stopped else "FAILED")
         raise
     finally:
         bar.close()

@@ -34,6 +34,7 @@ import yaml
 
 from .config import TrackingConfig, config_to_dict, flatten
 from .lock import store_lock
+from .timestamps import stage_timestamp_ms
 from .plots import accuracy_heatmap, close, metric_curves
 from .results import collect_results
 from .stages import RunSpec
@@ -137,7 +138,8 @@ class Tracker:
             try:
                 run = self.client.get_run(state["run_id"])
                 if run.info.experiment_id == self.experiment_id and run.info.lifecycle_stage == "active":
-                    self.client.update_run(state["run_id"], status="RUNNING")
+                    if not state.get("finished"):  # a finished run stays FINISHED when re-run
+                        self.client.update_run(state["run_id"], status="RUNNING")
                     return state["run_id"]
             except MlflowException:
                 pass
@@ -183,7 +185,7 @@ class Tracker:
         """Log one finished stage's result (once: repeated calls are ignored)."""
         if str(key) in self.logged(run_dir):
             return
-        now = int(time.time() * 1000)
+        now = stage_timestamp_ms(run_dir, key)  # a re-sent batch is not logged twice
         s = key.session
         metrics: list = []
         step = max(s, 0)
@@ -252,9 +254,13 @@ class Tracker:
         """Log the summary metrics and the run's files; mark the MLflow run finished."""
         results = collect_results(run_dir, sessions)
         summary = results.summary("test")
+        state = run_dir.read_json("tracking.json")
+        if state.get("finished"):  # a re-run of a finished run logs nothing again
+            return summary
         values = {f"final/{k}": v for k, v in summary.items()}
         values.update({f"final/val_{k}": v for k, v in results.summary("val").items()})
-        self.client.log_batch(run_id, metrics=_metric_batch(values, len(sessions) - 1, int(time.time() * 1000)))
+        now = stage_timestamp_ms(run_dir, StageKey(len(sessions) - 1, "eval"))
+        self.client.log_batch(run_id, metrics=_metric_batch(values, len(sessions) - 1, now))
         for name in ("split.json", "events.jsonl", "run.json"):
             if run_dir.file(name).is_file():
                 self.client.log_artifact(run_id, str(run_dir.file(name)), "run_dir")
@@ -264,7 +270,10 @@ class Tracker:
                     path = run_dir.session_dir(s) / name
                     if path.is_file():
                         self.client.log_artifact(run_id, str(path), f"adapters/session_{s:03d}")
+        if "error" in self.client.get_run(run_id).data.tags:  # a killed run resumed to the end
+            self.client.delete_tag(run_id, "error")
         self.client.set_terminated(run_id, "FINISHED")
+        run_dir.write_json("tracking.json", {**run_dir.read_json("tracking.json"), "finished": True})
         return summary
 
     def fail(self, run_id: str, error: str, status: str = "FAILED") -> None:
