@@ -86,8 +86,10 @@ def create_backbone(
     """
     architecture = name.split(".")[0]
     if not timm.is_model(architecture):
-        close = [n for n in _known_vit_names() if architecture.split("_")[0] in n][:8]
-        raise BackboneError(f"unknown timm model {name!r}; ViT names include e.g. {close}")
+        import difflib
+
+        close = difflib.get_close_matches(architecture, _known_vit_names(), n=6, cutoff=0.75)
+        raise BackboneError(f"unknown timm model {name!r}" + (f"; similar names: {close}" if close else ""))
     kwargs = dict(overrides or {})
     kwargs["num_classes"] = 0
     use_hub = pretrained and checkpoint is None
@@ -95,6 +97,14 @@ def create_backbone(
         model = timm.create_model(name, pretrained=use_hub, **kwargs)
     except TypeError as exc:
         raise BackboneError(f"bad backbone overrides {sorted(kwargs)} for {name!r}: {exc}") from exc
+    except Exception as exc:  # the hub download failed (offline, proxy, no such weights)
+        if not use_hub:
+            raise
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise BackboneError(
+            f"backbone.pretrained: the weights of {name!r} could not be fetched from the Hugging Face hub "
+            f"({type(exc).__name__}: {first}); set backbone.checkpoint to a local weights file instead"
+        ) from None
     if not hasattr(model, "blocks"):
         raise BackboneError(f"{name!r} is not a Vision Transformer (no .blocks); InfLoRA wraps ViT attention")
     if checkpoint is not None:

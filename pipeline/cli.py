@@ -51,10 +51,13 @@ def _print_outcomes(outcomes, tracking_uri: str | None) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .runner import execute, make_specs, spec_from_run_dir
+    from .preflight import check_resume, preflight
     from .tracking import resolve_tracking_uri
 
     if args.resume:
         specs = [spec_from_run_dir(path) for path in args.resume]
+        for spec in specs if args.config or args.set else []:  # the config asked for must be the run's own
+            check_resume([spec], _requested_config(args, spec))
     else:
         if not args.config:
             raise SystemExit("inflora run: give a CONFIG file or --resume RUN_DIR")
@@ -63,6 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             overrides.append(f"resources.executor={args.executor}")
         cfg = load_config(args.config, overrides)
         specs = make_specs(cfg, args.seeds)
+    preflight(specs)  # before any run directory or MLflow run exists
     outcomes = execute(specs, progress=not args.no_progress)
     cfg = specs[0].config
     _print_outcomes(outcomes, resolve_tracking_uri(cfg.tracking) if cfg.tracking.enabled else None)
@@ -73,6 +77,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"inflora: error: {waiting}", file=sys.stderr)
         return 3
     return 0
+
+
+def _requested_config(args: argparse.Namespace, spec):
+    from .config import apply_overrides, config_from_dict, config_to_dict, load_config
+
+    if args.config:
+        return load_config(args.config, list(args.set or []))
+    return config_from_dict(apply_overrides(config_to_dict(spec.config), list(args.set or [])))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

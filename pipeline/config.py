@@ -45,6 +45,13 @@ class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the key."""
 
 
+def similar_names(name: str, known: list[str], n: int = 6) -> list[str]:
+    """The known names closest to a mistyped one (``difflib``), nearest first."""
+    import difflib
+
+    return difflib.get_close_matches(name, known, n=n, cutoff=0.75)
+
+
 # --------------------------------------------------------------------------- sections
 @dataclass(frozen=True)
 class PretrainConfig:
@@ -93,7 +100,7 @@ class BackboneConfig:
         if not self.name:
             raise ValueError("backbone.name must be a timm model name")
         if not timm.is_model(self.name.split(".")[0]):
-            hint = sorted(timm.list_models(self.name.split("_")[0] + "*"))[:6]
+            hint = similar_names(self.name.split(".")[0], timm.list_models())
             raise ValueError(f"backbone.name: unknown timm model {self.name!r}" + (f"; similar names: {hint}" if hint else ""))
         if self.pretrain is not None and self.checkpoint is None:
             raise ValueError("backbone.pretrain needs backbone.checkpoint: the path the pretrained weights go to")
@@ -368,9 +375,11 @@ def read_yaml_mapping(path: str | os.PathLike[str], what: str = "config file") -
     if not path.is_file():
         raise ConfigError(f"{what} not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from exc
+    if data is None:  # an empty file would silently run every default
+        raise ConfigError(f"{what} {path} is empty; write at least the keys that differ from the defaults (see configs/demo.yaml)")
     if not isinstance(data, dict):
         raise ConfigError(f"{what} {path} must hold a mapping at the top level")
     return data
