@@ -23,7 +23,7 @@ import timm
 import torch
 from torch import nn
 
-__all__ = ["BackboneError", "create_backbone", "load_state_dict_file", "save_backbone"]
+__all__ = ["BackboneError", "create_backbone", "load_state_dict_file", "save_backbone", "weights_sha256"]
 
 _logger = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ def create_backbone(
     pretrained: bool = False,
     checkpoint: str | os.PathLike[str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    init_seed: int = 0,
 ) -> nn.Module:
     """Build a headless timm ViT, optionally loading weights.
 
@@ -80,6 +81,8 @@ def create_backbone(
         checkpoint: local weights file; takes precedence over ``pretrained``.
         overrides: keyword arguments for the timm constructor (``img_size``,
             ``patch_size``, ``embed_dim``, ``depth``, ``num_heads``, ``in_chans``…).
+        init_seed: seed of the random initialisation (timm draws it from torch's
+            global generator, forked here so the weights depend on this seed only).
 
     Returns:
         The model in ``eval()`` mode with every parameter frozen.
@@ -94,7 +97,9 @@ def create_backbone(
     kwargs["num_classes"] = 0
     use_hub = pretrained and checkpoint is None
     try:
-        model = timm.create_model(name, pretrained=use_hub, **kwargs)
+        with torch.random.fork_rng(devices=[]):  # the weights are a function of init_seed, not of what ran before
+            torch.manual_seed(init_seed)
+            model = timm.create_model(name, pretrained=use_hub, **kwargs)
     except TypeError as exc:
         raise BackboneError(f"bad backbone overrides {sorted(kwargs)} for {name!r}: {exc}") from exc
     except Exception as exc:  # the hub download failed (offline, proxy, no such weights)
@@ -149,3 +154,19 @@ def save_backbone(model: nn.Module, path: str | os.PathLike[str], metadata: Mapp
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=dict(metadata or {}))
     os.replace(tmp, path)
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """SHA-256 of a model's state dict (names, dtypes, shapes and bytes, in name order).
+
+    Recorded in a run's ``run.json`` and checked by every stage: a backbone that
+    changed under a run (another checkpoint file, another initialisation) is found.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()

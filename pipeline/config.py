@@ -86,6 +86,8 @@ class BackboneConfig:
         checkpoint: local weights file; wins over ``pretrained``.
         overrides: timm constructor arguments (``img_size``, ``depth``…).
         pretrain: recipe to create ``checkpoint`` when it is missing (CPU demo).
+        init_seed: seed of the random weights when neither ``pretrained`` nor
+            ``checkpoint`` gives them (the backbone is a function of the config).
     """
 
     name: str = "vit_base_patch16_224.augreg_in21k"
@@ -93,9 +95,13 @@ class BackboneConfig:
     checkpoint: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     pretrain: PretrainConfig | None = None
+    init_seed: int = 0
 
     def __post_init__(self) -> None:
         import timm
+
+        if self.init_seed < 0:
+            raise ValueError(f"backbone.init_seed must be >= 0, got {self.init_seed}")
 
         if not self.name:
             raise ValueError("backbone.name must be a timm model name")
@@ -243,6 +249,8 @@ class RunConfig:
         for key in ("seeds", "output_dir", "resources", "tracking", "name"):
             payload.pop(key)
         payload["data"].pop("num_workers")
+        if self.backbone.checkpoint or self.backbone.pretrained:  # loaded weights: the seed changes nothing
+            payload["backbone"].pop("init_seed")
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:8]
 

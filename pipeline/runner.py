@@ -18,6 +18,7 @@ from typing import Any
 
 from model.methods import create_method
 
+from .backbone_check import record_backbone_hash
 from .config import RunConfig
 from .lock import locked_runs
 from .offline import GuardedTracker
@@ -132,6 +133,7 @@ def execute(
         cfg = spec.config
         method = create_method(cfg.method, cfg.lora)
         run_dir = init_run_dir(spec, versions)
+        record_backbone_hash(run_dir, cfg.backbone)  # every stage checks its backbone against it
         outcome = RunOutcome(spec, run_dir, method.sessions(cfg.data.num_tasks))
         outcomes.append(outcome)
         tracker = None

@@ -40,6 +40,7 @@ from model.net import ContinualViT
 from model.subspace import memory_bank_from_state, memory_bank_state
 from model.training import make_optimizer, predict, probe_sq_norm, train_session
 
+from .backbone_check import check_backbone_hash
 from .config import RunConfig, config_to_dict
 from .data import DataSource, Split, load_dataset, make_loader, make_split
 from .state import RunDir, RunStateError, StageKey
@@ -85,7 +86,8 @@ def _cached_source(data_json: str, backbone_name: str) -> DataSource:
 @functools.lru_cache(maxsize=2)
 def _cached_backbone(backbone_json: str) -> torch.nn.Module:
     b = json.loads(backbone_json)
-    return create_backbone(b["name"], pretrained=b["pretrained"], checkpoint=b["checkpoint"], overrides=b["overrides"])
+    return create_backbone(b["name"], pretrained=b["pretrained"], checkpoint=b["checkpoint"], overrides=b["overrides"],
+                           init_seed=b.get("init_seed", 0))
 
 
 def stage_plan(method: ContinualMethod, num_tasks: int) -> list[StageKey]:
@@ -195,6 +197,7 @@ class StageContext:
     def build_net(self, sessions_done: int) -> ContinualViT:
         """The network after ``sessions_done`` sessions, rebuilt from saved adapters."""
         backbone_json = json.dumps(config_to_dict(self.cfg.backbone), sort_keys=True)
+        check_backbone_hash(self.run_dir, self.cfg.backbone, _cached_backbone(backbone_json))  # the run's own backbone
         net = ContinualViT(copy.deepcopy(_cached_backbone(backbone_json)), self.cfg.lora.blocks)
         for s in range(sessions_done):
             net.load_adapter_state(self.run_dir.load_tensors(f"session_{s:03d}/adapter.safetensors"), self.cfg.method.train_down)

@@ -76,15 +76,26 @@ def test_ctrl_c_exits_130_marks_killed_and_the_resume_drops_the_error(tmp_path, 
 
 
 def test_a_failing_stage_is_one_line_and_the_traceback_needs_verbose(tmp_path, tiny_checkpoint):
-    cfg = tiny_config_dict(tmp_path, tiny_checkpoint, data={"num_tasks": 2}, tracking={"enabled": False})
-    cfg["backbone"] = {**cfg["backbone"], "pretrained": True, "checkpoint": None}
+    # rank 30 of 32 fits the first task, not the second once the memory holds > 2 directions
+    cfg = tiny_config_dict(tmp_path, tiny_checkpoint, data={"num_tasks": 2}, lora={"rank": 30}, method={"name": "inflora", "lamb": 0.999},
+                           tracking={"enabled": False})  # fmt: skip
     path = _write(tmp_path, cfg)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_DISABLE_TELEMETRY": "true"}
     for verbose in ([], ["-v"]):
         out = subprocess.run([sys.executable, "-m", "pipeline.cli", *verbose, "run", str(path), "--no-progress"],
                              env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
         assert out.returncode == 2, out.stderr[-3000:]
-        assert "could not be fetched from the Hugging Face hub" in out.stderr and "set backbone.checkpoint to a local weights file" in out.stderr
+        assert "session_001/design: SubspaceError: LoRA rank 30 is larger than the" in out.stderr, out.stderr[-3000:]
         assert ("Traceback" in out.stderr) == bool(verbose), out.stderr[-3000:]
         if not verbose:
             assert len(out.stderr.strip().splitlines()) <= 3, out.stderr  # the summary line and one line per failed run
+
+
+def test_pretrained_backbone_without_hub_is_one_line(tmp_path, tiny_checkpoint, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = tiny_config_dict(tmp_path, tiny_checkpoint, data={"num_tasks": 2}, tracking={"enabled": False})
+    cfg["backbone"] = {**cfg["backbone"], "pretrained": True, "checkpoint": None}
+    assert main(["run", str(_write(tmp_path, cfg)), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "could not be fetched from the Hugging Face hub" in err and "set backbone.checkpoint to a local weights file" in err
