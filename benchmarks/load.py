@@ -70,10 +70,10 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="inflora-load-") as tmp_name:
         tmp = Path(tmp_name)
-        with postgres() as pg_uri, mlflow_server(pg_uri, tmp / "mlflow") as url, ray_head(tmp / "ray", args.num_cpus) as address:
+        with postgres() as pg_uri, mlflow_server(pg_uri, tmp / "mlflow") as url, ray_head(args.num_cpus) as ray_env:
             sets = [*args.set, f"output_dir={tmp / 'runs'}", f"tracking.uri={url}", f"tracking.experiment={EXPERIMENT}",
                     "resources.executor=ray"]  # fmt: skip
-            env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": address, "MLFLOW_DISABLE_TELEMETRY": "true",
+            env = {**os.environ, "PYTHONPATH": str(ROOT), **ray_env, "MLFLOW_DISABLE_TELEMETRY": "true",
                    "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}  # fmt: skip
             env.pop("MLFLOW_TRACKING_URI", None)
             logs = tmp / "logs"

@@ -133,29 +133,40 @@ def mlflow_server(backend_uri: str, root: Path, port: int | None = None, timeout
 
 
 @contextlib.contextmanager
-def ray_head(root: Path, num_cpus: int) -> Iterator[str]:
-    """A Ray head (``ray start --head --block``) in its own process group; yields its address."""
+def ray_head(num_cpus: int) -> Iterator[dict[str, str]]:
+    """A Ray head with token authentication (``ray start --head --block``) in its own process
+    group; yields the environment a driver needs to join it (``RAY_ADDRESS``, the token)."""
+    import secrets
+
     port = free_port()
     ray = Path(sys.executable).with_name("ray")
-    root.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths are limited to 107 bytes
+    token = root / "token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     log = root / "ray.log"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_USAGE_STATS_ENABLED="0", **auth)
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
-            [str(ray), "start", "--head", "--block", "--port", str(port), "--num-cpus", str(num_cpus), "--num-gpus", "0",
-             "--include-dashboard=false", "--node-ip-address", "127.0.0.1", "--temp-dir", str(root / "ray_tmp")],
+            [str(ray), "start", "--head", "--block", f"--port={port}", f"--num-cpus={num_cpus}", "--num-gpus=0",
+             "--include-dashboard=false", f"--dashboard-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+             f"--temp-dir={root / 't'}", "--disable-usage-stats"],
             stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=env,
         )  # fmt: skip
-    address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while "Ray runtime started" not in log.read_text(errors="replace"):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the Ray head did not start:\n{_tail(log)}")
             time.sleep(0.5)
-        yield address
+        current = root / "t" / "ray_current_cluster"
+        address = current.read_text().strip() if current.is_file() else f"127.0.0.1:{port}"
+        yield {"RAY_ADDRESS": address, **auth}
     finally:
-        stop_group(proc)
+        stop_group(proc, grace_s=1.0)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def metric_counts(uri: str, experiment: str | None = None) -> dict[str, collections.Counter]:

@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
 
     previous = _on_sigterm(_interrupt)  # a killed command ends its MLflow runs as KILLED, as Ctrl-C does
     errors = (ConfigError, BackboneError, DatasetError, SubspaceError, RunStateError, RunFailed, FileNotFoundError, LookupError,
-              ResourceError, TrackingUnavailable)
+              ResourceError, TrackingUnavailable, ConnectionError)  # ConnectionError: the Ray cluster (RAY_ADDRESS)
     try:
         return int(args.func(args) or 0)
     except errors as exc:
