@@ -199,6 +199,8 @@ def replay_to_sqlite(run_dirs: list[Path], config: dict, root: Path) -> str:
             (copy / name).unlink(missing_ok=True)
         spec = spec_from_run_dir(str(copy))
         tracking = {**config.get("tracking", {}), "uri": uri, "offline": False}
-        specs.append(type(spec)(config_from_dict({**config, "tracking": tracking, "output_dir": str(copy.parent)}), spec.seed, str(copy)))
+        resources = {**config.get("resources", {}), "executor": "local"}  # every stage is done: nothing to schedule
+        data = {**config, "tracking": tracking, "resources": resources, "output_dir": str(copy.parent)}
+        specs.append(type(spec)(config_from_dict(data), spec.seed, str(copy)))
     execute(specs, progress=False)
     return uri
