@@ -99,3 +99,31 @@ def test_pretrained_backbone_without_hub_is_one_line(tmp_path, tiny_checkpoint, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert "could not be fetched from the Hugging Face hub" in err and "set backbone.checkpoint to a local weights file" in err
+
+
+def test_sigterm_ends_the_command_with_130_and_its_run_killed(tmp_path, tiny_checkpoint):
+    import signal
+    import time
+
+    from mlflow import MlflowClient
+
+    cfg = tiny_config_dict(tmp_path, tiny_checkpoint, data={"num_tasks": 2}, train={"epochs": 40})
+    path = _write(tmp_path, cfg)
+    (spec,) = make_specs(config_from_dict(cfg))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(path), "--no-progress"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not Path(spec.run_dir, "session_000", "train_checkpoint.pt").is_file():  # training, its MLflow run open
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("inflora: interrupted") and "Traceback" not in err
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert run.info.status == "KILLED"
