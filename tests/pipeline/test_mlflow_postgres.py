@@ -19,14 +19,23 @@ from benchmarks.services import metric_counts, mlflow_server, postgres, replay_t
 from pipeline.config import config_from_dict
 from pipeline.runner import execute, make_specs
 
-pytestmark = [
-    pytest.mark.server,
-    pytest.mark.skipif(shutil.which("initdb") is None and not os.path.exists("/usr/lib/postgresql/15/bin/initdb"), reason="no PostgreSQL"),
-]
+pytestmark = pytest.mark.server
+
+
+def _require_postgres() -> None:
+    """Skip without PostgreSQL or psycopg; under CI (``INFLORA_CI``) that is a failure."""
+    import importlib.util
+
+    missing = [what for what, ok in (("PostgreSQL's initdb", shutil.which("initdb") or os.path.exists("/usr/lib/postgresql/15/bin/initdb")),
+                                     ("psycopg 3", importlib.util.find_spec("psycopg"))) if not ok]  # fmt: skip
+    if missing:
+        if "INFLORA_CI" in os.environ:
+            pytest.fail(f"{' and '.join(missing)} missing, and INFLORA_CI is set")
+        pytest.skip(f"{' and '.join(missing)} missing (set INFLORA_CI=1 to make this a failure)")
 
 
 def test_run_logged_to_a_postgresql_backed_server(tmp_path, tiny_checkpoint, monkeypatch):
-    pytest.importorskip("psycopg", reason="the postgres extra (psycopg 3) is not installed")
+    _require_postgres()
     from mlflow import MlflowClient
 
     for name in ("NO_PROXY", "no_proxy"):
