@@ -19,7 +19,7 @@ from benchmarks.services import metric_counts, mlflow_server, postgres, replay_t
 from pipeline.config import config_from_dict
 from pipeline.runner import execute, make_specs
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 
 def _require_postgres() -> None:

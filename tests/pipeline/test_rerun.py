@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import tiny_config_dict
 
 from pipeline import stages
@@ -75,6 +76,7 @@ def test_ctrl_c_exits_130_marks_killed_and_the_resume_drops_the_error(tmp_path, 
     assert Path(spec.run_dir, "session_001", "eval.done.json").is_file()
 
 
+@pytest.mark.slow
 def test_a_failing_stage_is_one_line_and_the_traceback_needs_verbose(tmp_path, tiny_checkpoint):
     # rank 30 of 32 fits the first task, not the second once the memory holds > 2 directions
     cfg = tiny_config_dict(tmp_path, tiny_checkpoint, data={"num_tasks": 2}, lora={"rank": 30}, method={"name": "inflora", "lamb": 0.999},
@@ -101,6 +103,7 @@ def test_pretrained_backbone_without_hub_is_one_line(tmp_path, tiny_checkpoint, 
     assert "could not be fetched from the Hugging Face hub" in err and "set backbone.checkpoint to a local weights file" in err
 
 
+@pytest.mark.slow
 def test_sigterm_ends_the_command_with_130_and_its_run_killed(tmp_path, tiny_checkpoint):
     import signal
     import time

@@ -16,7 +16,7 @@ from conftest import tiny_config_dict
 from pipeline.config import config_from_dict
 from pipeline.runner import execute, make_specs
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def _kill_worker_mid_train(run_dir: Path, stop: threading.Event, killed: list[int]) -> None:
