@@ -112,9 +112,9 @@ class Tracker:
         self.uri = resolve_tracking_uri(cfg)
         self.cfg = cfg
         self.figures_every_stage = figures_every_stage
-        self.client = MlflowClient(tracking_uri=self.uri)
         name = experiment or cfg.experiment
         with store_lock(self.uri):  # a fresh sqlite store is created (migrated) by one process at a time
+            self.client = MlflowClient(tracking_uri=self.uri)
             found = self.client.get_experiment_by_name(name)
             self.experiment_id = found.experiment_id if found else self.client.create_experiment(name, _artifact_location(self.uri, name))
         self.experiment_name = name
