@@ -23,7 +23,7 @@ import timm
 import torch
 from torch import nn
 
-__all__ = ["BackboneError", "create_backbone", "load_state_dict_file", "replace_final_norm", "save_backbone"]
+__all__ = ["BackboneError", "create_backbone", "load_state_dict_file", "replace_final_norm", "save_backbone", "weights_sha256"]
 
 _logger = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ def create_backbone(
     checkpoint: str | os.PathLike[str] | None = None,
     overrides: Mapping[str, Any] | None = None,
     reset_final_norm: bool = False,
+    init_seed: int = 0,
 ) -> nn.Module:
     """Build a headless timm ViT, optionally loading weights.
 
@@ -83,21 +84,35 @@ def create_backbone(
             ``patch_size``, ``embed_dim``, ``depth``, ``num_heads``, ``in_chans``…).
         reset_final_norm: after loading the weights, replace the final norm by a
             fresh :class:`torch.nn.LayerNorm` (see :func:`replace_final_norm`).
+        init_seed: seed of the random initialisation (timm draws it from torch's
+            global generator, forked here so the weights depend on this seed only).
 
     Returns:
         The model in ``eval()`` mode with every parameter frozen.
     """
     architecture = name.split(".")[0]
     if not timm.is_model(architecture):
-        close = [n for n in _known_vit_names() if architecture.split("_")[0] in n][:8]
-        raise BackboneError(f"unknown timm model {name!r}; ViT names include e.g. {close}")
+        import difflib
+
+        close = difflib.get_close_matches(architecture, _known_vit_names(), n=6, cutoff=0.75)
+        raise BackboneError(f"unknown timm model {name!r}" + (f"; similar names: {close}" if close else ""))
     kwargs = dict(overrides or {})
     kwargs["num_classes"] = 0
     use_hub = pretrained and checkpoint is None
     try:
-        model = timm.create_model(name, pretrained=use_hub, **kwargs)
+        with torch.random.fork_rng(devices=[]):  # the weights are a function of init_seed, not of what ran before
+            torch.manual_seed(init_seed)
+            model = timm.create_model(name, pretrained=use_hub, **kwargs)
     except TypeError as exc:
         raise BackboneError(f"bad backbone overrides {sorted(kwargs)} for {name!r}: {exc}") from exc
+    except Exception as exc:  # the hub download failed (offline, proxy, no such weights)
+        if not use_hub:
+            raise
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise BackboneError(
+            f"backbone.pretrained: the weights of {name!r} could not be fetched from the Hugging Face hub "
+            f"({type(exc).__name__}: {first}); set backbone.checkpoint to a local weights file instead"
+        ) from None
     if not hasattr(model, "blocks"):
         raise BackboneError(f"{name!r} is not a Vision Transformer (no .blocks); InfLoRA wraps ViT attention")
     if checkpoint is not None:
@@ -167,3 +182,19 @@ def save_backbone(model: nn.Module, path: str | os.PathLike[str], metadata: Mapp
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=dict(metadata or {}))
     os.replace(tmp, path)
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """SHA-256 of a model's state dict (names, dtypes, shapes and bytes, in name order).
+
+    Recorded in a run's ``run.json`` and checked by every stage: a backbone that
+    changed under a run (another checkpoint file, another initialisation) is found.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()

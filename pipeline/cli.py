@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -75,10 +76,13 @@ def _print_outcomes(outcomes, tracking_uri: str | None) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .runner import execute, make_specs, spec_from_run_dir
+    from .preflight import check_resume, preflight
     from .tracking import resolve_tracking_uri
 
     if args.resume:
         specs = [spec_from_run_dir(path) for path in args.resume]
+        for spec in specs if args.config or args.set else []:  # the config asked for must be the run's own
+            check_resume([spec], _requested_config(args, spec))
     else:
         if not args.config:
             raise SystemExit("inflora run: give a CONFIG file or --resume RUN_DIR")
@@ -94,12 +98,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         if len(configs) > 1:
             _check_same_protocol(configs, args.config if not args.methods else [f"--methods {m}" for m in args.methods])
             specs = [spec for c in configs for spec in make_specs(c, args.seeds)]
+            preflight(specs)
             return _run_comparison(cfg, specs, args)
         specs = make_specs(cfg, args.seeds)
+    preflight(specs)  # before any run directory or MLflow run exists
     outcomes = execute(specs, progress=not args.no_progress)
     cfg = specs[0].config
     _print_outcomes(outcomes, resolve_tracking_uri(cfg.tracking) if cfg.tracking.enabled else None)
+    from .offline import backlog_message
+
+    waiting = backlog_message(outcomes)  # the tracking server stayed down until the end
+    if waiting:
+        print(f"inflora: error: {waiting}", file=sys.stderr)
+        return 3
     return 0
+
+
+def _requested_config(args: argparse.Namespace, spec):
+    from .config import apply_overrides, config_from_dict, config_to_dict, load_config
+
+    if args.config:
+        return load_config(args.config[0], list(args.set or []))
+    return config_from_dict(apply_overrides(config_to_dict(spec.config), list(args.set or [])))
 
 
 def _with_method(cfg, name: str):
@@ -301,14 +321,36 @@ def main(argv: list[str] | None = None) -> int:
 
     from .config import ConfigError
     from .data import DatasetError
+    from .offline import TrackingUnavailable
+    from .resources import ResourceError
     from .runner import RunFailed
     from .state import RunStateError
 
+    previous = _on_sigterm(_interrupt)  # a killed command ends its MLflow runs as KILLED, as Ctrl-C does
+    errors = (ConfigError, BackboneError, DatasetError, SubspaceError, RunStateError, RunFailed, FileNotFoundError, LookupError,
+              ResourceError, TrackingUnavailable, ConnectionError)  # ConnectionError: the Ray cluster (RAY_ADDRESS)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, BackboneError, DatasetError, SubspaceError, RunStateError, RunFailed, FileNotFoundError, LookupError) as exc:
+    except errors as exc:
         print(f"inflora: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("inflora: interrupted; finished stages are kept: re-run the same command to resume", file=sys.stderr)
+        return 130
+    finally:
+        _on_sigterm(previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _on_sigterm(handler):
+    """Install a SIGTERM handler (main thread only); return the previous one."""
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except (ValueError, TypeError):  # not the main thread, or no previous Python handler
+        return None
 
 
 if __name__ == "__main__":  # pragma: no cover

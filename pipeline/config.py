@@ -47,6 +47,13 @@ class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the key."""
 
 
+def similar_names(name: str, known: list[str], n: int = 6) -> list[str]:
+    """The known names closest to a mistyped one (``difflib``), nearest first."""
+    import difflib
+
+    return difflib.get_close_matches(name, known, n=n, cutoff=0.75)
+
+
 # --------------------------------------------------------------------------- sections
 @dataclass(frozen=True)
 class PretrainConfig:
@@ -84,6 +91,8 @@ class BackboneConfig:
         reset_final_norm: replace the backbone's final LayerNorm by a fresh,
             frozen ``nn.LayerNorm`` (weight 1, bias 0, eps 1e-5), as the reference's
             ``InfLoRA_CA1`` does on CIFAR-100 (``methods/inflora_ca1.py``).
+        init_seed: seed of the random weights when neither ``pretrained`` nor
+            ``checkpoint`` gives them (the backbone is a function of the config).
     """
 
     name: str = "vit_base_patch16_224.augreg_in21k"
@@ -92,14 +101,18 @@ class BackboneConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
     pretrain: PretrainConfig | None = None
     reset_final_norm: bool = False
+    init_seed: int = 0
 
     def __post_init__(self) -> None:
         import timm
 
+        if self.init_seed < 0:
+            raise ValueError(f"backbone.init_seed must be >= 0, got {self.init_seed}")
+
         if not self.name:
             raise ValueError("backbone.name must be a timm model name")
         if not timm.is_model(self.name.split(".")[0]):
-            hint = sorted(timm.list_models(self.name.split("_")[0] + "*"))[:6]
+            hint = similar_names(self.name.split(".")[0], timm.list_models())
             raise ValueError(f"backbone.name: unknown timm model {self.name!r}" + (f"; similar names: {hint}" if hint else ""))
         if self.pretrain is not None and self.checkpoint is None:
             raise ValueError("backbone.pretrain needs backbone.checkpoint: the path the pretrained weights go to")
@@ -197,6 +210,8 @@ class ResourcesConfig:
         executor: ``"ray"`` (default) or ``"local"`` (in-process, for debugging).
         num_cpus: CPUs of the local Ray cluster started when no ``RAY_ADDRESS`` is set.
         max_retries: Ray retries of a stage whose worker died.
+        wait_for_resources_s: how long to wait for a node that can run a stage
+            (autoscaling clusters); 0 refuses a request no node meets at once.
     """
 
     cpus_per_stage: float = 1.0
@@ -204,8 +219,11 @@ class ResourcesConfig:
     executor: str = "ray"
     num_cpus: int | None = None
     max_retries: int = 1
+    wait_for_resources_s: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.wait_for_resources_s < 0:
+            raise ValueError(f"resources.wait_for_resources_s must be >= 0, got {self.wait_for_resources_s}")
         if self.cpus_per_stage <= 0:
             raise ValueError(f"resources.cpus_per_stage must be > 0, got {self.cpus_per_stage}")
         if self.gpus_per_stage < 0:
@@ -221,12 +239,16 @@ class ResourcesConfig:
 @dataclass(frozen=True)
 class TrackingConfig:
     """MLflow settings. ``uri`` falls back to ``MLFLOW_TRACKING_URI``, then to a
-    sqlite file ``mlflow.db`` in the working directory."""
+    sqlite file ``mlflow.db`` in the working directory. ``offline: true`` runs
+    while the tracking server is unreachable and logs everything once it answers
+    (a later re-run of the same command); otherwise an unreachable server at the
+    start is an error."""
 
     experiment: str = "inflora"
     uri: str | None = None
     log_adapters: bool = True
     enabled: bool = True
+    offline: bool = False
 
 
 @dataclass(frozen=True)
@@ -298,6 +320,8 @@ class RunConfig:
             payload.pop(key)
         payload["data"].pop("num_workers")
         payload["method"] = {"name": self.method.name, self.method.name: payload["method"][self.method.name]}
+        if self.backbone.checkpoint or self.backbone.pretrained:  # loaded weights: the seed changes nothing
+            payload["backbone"].pop("init_seed")
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:8]
 
@@ -471,9 +495,11 @@ def read_yaml_mapping(path: str | os.PathLike[str], what: str = "config file") -
     if not path.is_file():
         raise ConfigError(f"{what} not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from exc
+    if data is None:  # an empty file would silently run every default
+        raise ConfigError(f"{what} {path} is empty; write at least the keys that differ from the defaults (see configs/demo.yaml)")
     if not isinstance(data, dict):
         raise ConfigError(f"{what} {path} must hold a mapping at the top level")
     return data

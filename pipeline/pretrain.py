@@ -46,9 +46,7 @@ def pretrain_backbone(backbone: BackboneConfig, continual_data: DataConfig, prog
     image_size = int(backbone.overrides.get("img_size", continual_data.image_size))
     source = load_dataset(DataConfig(name=recipe.dataset, image_size=image_size, num_tasks=1))
     train, test = _stack(source.train), _stack(source.test)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(recipe.seed)  # timm initialises weights from the global generator
-        model = create_backbone(backbone.name, pretrained=False, overrides=backbone.overrides)
+    model = create_backbone(backbone.name, pretrained=False, overrides=backbone.overrides, init_seed=recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
     bar = None
     if progress:

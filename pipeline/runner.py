@@ -18,8 +18,12 @@ from typing import Any
 
 from model.methods import ContinualMethod, StepResult
 
+from .backbone_check import record_backbone_hash
 from .config import RunConfig
+from .lock import locked_runs
+from .offline import GuardedTracker
 from .pretrain import ensure_backbone
+from .resources import ensure_executor_fits
 from .results import RunResults, collect_results
 from .scheduler import Executor, create_executor
 from .stages import RunSpec, init_run_dir, method_of, read_result, stage_dependencies, stage_plan
@@ -92,6 +96,7 @@ class _Progress:
             self.bar.close()
 
 
+@locked_runs  # one driver per run directory: a second command fails at once, naming the first
 def execute(
     specs: Sequence[RunSpec],
     *,
@@ -119,6 +124,7 @@ def execute(
     for spec in specs:
         ensure_backbone(spec.config.backbone, spec.config.data, progress=progress)
     executor = executor or create_executor(specs[0].config.resources)
+    ensure_executor_fits(executor, [spec.config.resources for spec in specs])  # refuse what no node can run
     trackers: dict[tuple[str, ...], Tracker] = {}
     outcomes: list[RunOutcome] = []
     pending: dict[Any, tuple[RunOutcome, StageKey]] = {}
@@ -127,13 +133,14 @@ def execute(
         cfg = spec.config
         method = method_of(cfg)
         run_dir = init_run_dir(spec, versions)
+        record_backbone_hash(run_dir, cfg.backbone)  # every stage checks its backbone against it
         repair_run_dir(run_dir, method, cfg.data.num_tasks)
         outcome = RunOutcome(spec, run_dir, method.sessions(cfg.data.num_tasks))
         outcomes.append(outcome)
         tracker = None
         if cfg.tracking.enabled:
             key = (cfg.tracking.uri or "", cfg.tracking.experiment)
-            tracker = trackers.get(key) or trackers.setdefault(key, Tracker(cfg.tracking))
+            tracker = trackers.get(key) or trackers.setdefault(key, GuardedTracker(cfg.tracking))  # an outage never stops the runs
             outcome.run_id = tracker.open_run(spec, run_dir, parent_run_id=parent_run_id, tags=tags)
         handles: dict[StageKey, Any] = {}
         for key in stage_plan(method, cfg.data.num_tasks):
@@ -158,16 +165,18 @@ def execute(
                 except Exception as exc:  # the stage (or one it depends on) failed
                     if outcome.error is None:
                         outcome.error = f"{key}: {type(exc).__name__}: {exc}"
-                        _logger.error("%s failed at %s:\n%s", outcome.spec.label, key, "".join(traceback.format_exception(exc)))
+                        _logger.info("%s failed at %s:\n%s", outcome.spec.label, key, "".join(traceback.format_exception(exc)))
                     outcome.status = "FAILED"
                     bar.advance(f"{outcome.spec.label} {key} FAILED")
                     continue
                 _after_stage(outcome, outcome.tracker, key, info, on_stage)
                 bar.advance(f"{outcome.spec.label} {key}")
-    except KeyboardInterrupt:
+    except BaseException as exc:  # interrupted (Ctrl-C, SIGTERM) or the driver failed: no MLflow run stays RUNNING
+        stopped = isinstance(exc, (KeyboardInterrupt, SystemExit))
         for outcome in outcomes:
             if outcome.tracker is not None and outcome.status == "RUNNING":
-                outcome.tracker.fail(outcome.run_id, "interrupted; resume with the same command", status="KILLED")
+                error = "interrupted; resume with the same command" if stopped else f"driver: {type(exc).__name__}: {exc}"
+                outcome.tracker.fail(outcome.run_id, error, status="KILLED" if stopped else "FAILED")
         raise
     finally:
         bar.close()

@@ -38,6 +38,7 @@ from model.evaluation import peak_memory_mb, reset_peak_memory
 from model.methods import ContinualMethod, Step, StepResult, create_method, head_name
 from model.net import ContinualViT
 
+from .backbone_check import check_backbone_hash
 from .config import RunConfig, config_to_dict
 from .data import DataSource, Split, load_dataset, make_loader, make_split
 from .nodes import current_node_id
@@ -139,7 +140,7 @@ def _cached_backbone(backbone_json: str) -> torch.nn.Module:
     b = json.loads(backbone_json)
     return create_backbone(
         b["name"], pretrained=b["pretrained"], checkpoint=b["checkpoint"], overrides=b["overrides"],
-        reset_final_norm=b.get("reset_final_norm", False),
+        reset_final_norm=b.get("reset_final_norm", False), init_seed=b.get("init_seed", 0),
     )
 
 
@@ -281,6 +282,7 @@ class StageContext:
     # -------------------------------------------------------------- network
     def build_net(self, sessions_done: int) -> ContinualViT:
         backbone_json = json.dumps(config_to_dict(self.cfg.backbone), sort_keys=True)
+        check_backbone_hash(self.run_dir, self.cfg.backbone, _cached_backbone(backbone_json))  # the run's own backbone
         net = self.method.build_net(copy.deepcopy(_cached_backbone(backbone_json)))
         self.method.restore(net, self, sessions_done)
         net.freeze_all()

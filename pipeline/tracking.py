@@ -33,7 +33,9 @@ from typing import Any
 import yaml
 
 from .config import TrackingConfig, config_to_dict, flatten
+from .lock import store_lock
 from .plots import accuracy_heatmap, close, figure_pixels, metric_curves
+from .timestamps import stage_timestamp_ms
 from .results import collect_results
 from model.methods import StepResult
 
@@ -143,10 +145,11 @@ class Tracker:
         self.uri = resolve_tracking_uri(cfg)
         self.cfg = cfg
         self.figures_every_stage = figures_every_stage
-        self.client = MlflowClient(tracking_uri=self.uri)
         name = experiment or cfg.experiment
-        found = self.client.get_experiment_by_name(name)
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(name, _artifact_location(self.uri, name))
+        with store_lock(self.uri):  # a fresh sqlite store is created (migrated) by one process at a time
+            self.client = MlflowClient(tracking_uri=self.uri)
+            found = self.client.get_experiment_by_name(name)
+            self.experiment_id = found.experiment_id if found else self.client.create_experiment(name, _artifact_location(self.uri, name))
         self.experiment_name = name
         mark_model_training(self.client, self.experiment_id)
         self.system_metrics = SystemMetrics(self.uri)
@@ -170,8 +173,9 @@ class Tracker:
             try:
                 run = self.client.get_run(state["run_id"])
                 if run.info.experiment_id == self.experiment_id and run.info.lifecycle_stage == "active":
-                    self.client.update_run(state["run_id"], status="RUNNING")
-                    self.system_metrics.start(state["run_id"], resume=True)
+                    if not state.get("finished"):  # a finished run stays FINISHED when re-run
+                        self.client.update_run(state["run_id"], status="RUNNING")
+                        self.system_metrics.start(state["run_id"], resume=True)
                     return state["run_id"]
             except MlflowException:
                 pass
@@ -223,7 +227,7 @@ class Tracker:
         """
         if str(key) in self.logged(run_dir):
             return
-        now = int(time.time() * 1000)
+        now = stage_timestamp_ms(run_dir, key)  # a re-sent batch is not logged twice
         s = key.session
         step = max(s, 0)
         metrics: list = _metric_batch({f"time/{key.stage}_s": result.wall_time_s}, step, now)
@@ -307,10 +311,14 @@ class Tracker:
         """Log the summary metrics and the run's files; mark the MLflow run finished."""
         results = collect_results(run_dir, sessions)
         summary = results.summary("test")
+        state = run_dir.read_json("tracking.json")
+        if state.get("finished"):  # a re-run of a finished run logs nothing again
+            return summary
         values = {f"final/{k}": v for k, v in summary.items()}
         values.update({f"final/val_{k}": v for k, v in results.summary("val").items()})
         values.update({f"final/{k}": v for k, v in run_costs(run_dir, spec, sessions).items()})
-        self.client.log_batch(run_id, metrics=_metric_batch(values, len(sessions) - 1, int(time.time() * 1000)))
+        now = stage_timestamp_ms(run_dir, StageKey(len(sessions) - 1, "eval"))
+        self.client.log_batch(run_id, metrics=_metric_batch(values, len(sessions) - 1, now))
         for name in ("split.json", "events.jsonl", "run.json"):
             if run_dir.file(name).is_file():
                 self.client.log_artifact(run_id, str(run_dir.file(name)), "run_dir")
@@ -318,7 +326,10 @@ class Tracker:
             for relative in _verified_state_files(run_dir, len(sessions)):
                 self.client.log_artifact(run_id, str(run_dir.file(relative)), f"adapters/{Path(relative).parent}")
         self.system_metrics.stop(run_id)
+        if "error" in self.client.get_run(run_id).data.tags:  # a killed run resumed to the end
+            self.client.delete_tag(run_id, "error")
         self.client.set_terminated(run_id, "FINISHED")
+        run_dir.write_json("tracking.json", {**run_dir.read_json("tracking.json"), "finished": True})
         return summary
 
     # ------------------------------------------------------------ comparisons

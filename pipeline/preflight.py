@@ -1,0 +1,158 @@
+"""Checks that run before anything is created: no run directory, no MLflow run.
+
+Everything that can be known from the config alone is checked here, so that a
+bad value is one line naming its key instead of a FAILED MLflow run and a stage
+traceback later: the backbone's shape (built on the ``meta`` device: no memory,
+no weights) against the LoRA rank, ``lora.blocks`` and ``data.image_size``; the
+checkpoint's tensor shapes against that architecture; the class count of the
+known data sets against ``data.num_tasks``; paths; seeds; and whether the
+tracking server answers (``tracking.offline`` lets a run start without it).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, RunConfig, config_to_dict, flatten
+from .stages import RunSpec
+
+__all__ = ["preflight", "check_config", "resume_conflicts", "KNOWN_CLASS_COUNTS"]
+
+_logger = logging.getLogger(__name__)
+
+KNOWN_CLASS_COUNTS = {"digits": 10, "mnist": 10, "cifar100": 100, "imagenet_r": 200, "domainnet": 345}
+"""Classes of the data sets whose size is fixed (``image_folder`` depends on its files)."""
+
+_RESUME_IGNORED = ("seeds", "output_dir", "resources.", "tracking.", "data.num_workers")
+
+
+@functools.lru_cache(maxsize=8)
+def _architecture(name: str, overrides_json: str) -> dict[str, Any]:
+    """Shape facts of the timm model, built on the meta device, and its tensor shapes."""
+    import timm
+    import torch
+
+    kwargs = {**json.loads(overrides_json), "num_classes": 0}
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    return {
+        "width": int(getattr(model, "embed_dim", 0) or model.num_features),
+        "depth": len(model.blocks) if hasattr(model, "blocks") else 0,
+        "img_size": tuple(img_size) if img_size is not None else None,
+        "shapes": {k: tuple(v.shape) for k, v in model.state_dict().items()},
+    }
+
+
+def _checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
+    """Tensor shapes of a ``.safetensors`` file from its header (other formats: ``None``)."""
+    if path.suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except Exception as exc:  # not a safetensors file
+        raise ConfigError(f"backbone.checkpoint {path} is corrupt or not a safetensors file: {exc}") from None
+
+
+def check_config(cfg: RunConfig) -> None:
+    """Raise :class:`ConfigError` (one line naming the key) for what the config alone shows is wrong."""
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir {out} is a file, not a directory")
+    if cfg.data.root is not None and not Path(cfg.data.root).is_dir():
+        raise ConfigError(f"data.root {cfg.data.root} does not exist (or is not a directory)")
+    classes = KNOWN_CLASS_COUNTS.get(cfg.data.name)
+    if classes is not None and isinstance(cfg.data.class_order, str):
+        if cfg.data.num_tasks > classes:
+            raise ConfigError(f"data.num_tasks={cfg.data.num_tasks} is more than the {classes} classes of {cfg.data.name!r}")
+        if classes % cfg.data.num_tasks:  # allowed (the split is deterministic), but never silent
+            sizes = [classes // cfg.data.num_tasks + (t < classes % cfg.data.num_tasks) for t in range(cfg.data.num_tasks)]
+            _logger.warning(
+                "data.num_tasks=%d does not divide the %d classes of %r: tasks of %s classes (even splits: num_tasks in %s)",
+                cfg.data.num_tasks, classes, cfg.data.name, sizes, [n for n in range(1, min(classes, 50) + 1) if classes % n == 0],
+            )
+    _check_backbone(cfg)
+
+
+def _check_backbone(cfg: RunConfig) -> None:
+    b = cfg.backbone
+    try:
+        arch = _architecture(b.name, json.dumps(b.overrides, sort_keys=True))
+    except TypeError as exc:
+        raise ConfigError(f"backbone.overrides {sorted(b.overrides)} do not fit {b.name!r}: {exc}") from None
+    if arch["img_size"] is not None and arch["img_size"] != (cfg.data.image_size, cfg.data.image_size):
+        raise ConfigError(
+            f"data.image_size={cfg.data.image_size} differs from the backbone's img_size {arch['img_size'][0]} "
+            f"({b.name}); set data.image_size: {arch['img_size'][0]} or backbone.overrides.img_size: {cfg.data.image_size}"
+        )
+    if cfg.lora.rank > arch["width"]:
+        raise ConfigError(f"lora.rank={cfg.lora.rank} is larger than the backbone's width {arch['width']} ({b.name})")
+    blocks = cfg.lora.blocks
+    depth = arch["depth"]
+    if isinstance(blocks, int) and not isinstance(blocks, bool) and blocks > depth:
+        raise ConfigError(f"lora.blocks={blocks} is more than the backbone's {depth} blocks")
+    if isinstance(blocks, list) and any(not 0 <= i < depth for i in blocks):
+        raise ConfigError(f"lora.blocks={blocks} holds indices outside 0..{depth - 1} (the backbone has {depth} blocks)")
+    if b.checkpoint is not None and Path(b.checkpoint).is_file():
+        shapes = _checkpoint_shapes(Path(b.checkpoint))
+        if shapes is not None:
+            wrong = [k for k, shape in arch["shapes"].items() if k in shapes and shapes[k] != shape]
+            missing = [k for k in arch["shapes"] if k not in shapes]
+            if wrong or missing:
+                k = (wrong or missing)[0]
+                found = f"{shapes[k]} in the file" if k in shapes else "absent from the file"
+                raise ConfigError(
+                    f"backbone.checkpoint {b.checkpoint} does not fit {b.name} with backbone.overrides {b.overrides}: "
+                    f"{k} is {arch['shapes'][k]} in the model, {found}"
+                )
+
+
+def resume_conflicts(recorded: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
+    """Config keys whose values differ between a run directory's config and the one asked for
+    (seeds, paths, resources and tracking may differ)."""
+    a, b = flatten(recorded), flatten(requested)
+    keys = sorted(set(a) | set(b))
+    return [k for k in keys if not k.startswith(_RESUME_IGNORED) and a.get(k) != b.get(k)]
+
+
+def check_resume(specs: Sequence[RunSpec], requested: RunConfig) -> None:
+    """A ``--resume`` given together with a config or ``--set`` must not change the run."""
+    want = config_to_dict(requested)
+    for spec in specs:
+        differ = resume_conflicts(config_to_dict(spec.config), want)
+        if differ:
+            have, ask = flatten(config_to_dict(spec.config)), flatten(want)
+            shown = ", ".join(f"{k} ({have.get(k)!r} in the run, {ask.get(k)!r} asked)" for k in differ[:6])
+            raise ConfigError(
+                f"--resume {spec.run_dir}: the run was made with another config: {shown}; "
+                "drop --resume to start a new run with these settings"
+            )
+
+
+def preflight(specs: Sequence[RunSpec]) -> None:
+    """Every check that needs nothing to exist yet, for the runs about to start."""
+    from .offline import probe_tracking_uri, unreachable_message
+    from .tracking import resolve_tracking_uri
+
+    for spec in specs:
+        if spec.seed < 0:
+            raise ConfigError(f"seeds must be non-negative integers, got {spec.seed}")
+    checked: set[str] = set()
+    for spec in specs:
+        key = json.dumps(config_to_dict(spec.config), sort_keys=True)
+        if key not in checked:
+            checked.add(key)
+            check_config(spec.config)
+    uris = {resolve_tracking_uri(s.config.tracking) for s in specs if s.config.tracking.enabled and not s.config.tracking.offline}
+    for uri in uris:
+        reason = probe_tracking_uri(uri)
+        if reason is not None:
+            raise ConfigError(unreachable_message(uri, reason))
