@@ -19,8 +19,8 @@ see ``docs/prompt_methods.md``):
   ``ortho_mu = 0`` (so equal to InfLoRA's loss) and follows CODA-Prompt when ``ortho_mu > 0``;
 * optimizer: ``sprompt_coda.py`` ``_train``: Adam ``betas=(0.9, 0.999)``, lr 1e-3,
   weight decay 0, ``CosineSchedule`` (``train.scheduler: cosine``). **Not expressible
-  exactly**: ``if epoch > 0: scheduler.step()`` delays the schedule by one epoch;
-  ``train`` steps it every epoch;
+  exactly**: ``if epoch > 0: scheduler.step()`` delays the schedule by one epoch
+  (``CosineSchedule``'s first ``step()`` re-applies f(0)); ``train`` applies f(e) in epoch e;
 * test: ``models/sinet_coda.py`` ``SiNet.interface`` weights the components as in training.
 """
 

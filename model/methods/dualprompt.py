@@ -22,7 +22,8 @@ see ``docs/prompt_methods.md``):
   ``configs/*_prompt.yaml``: ``schedule_type: cosine``) = ``train.scheduler: cosine``.
   **Not expressible exactly**: ``train_function`` steps the schedule with
   ``if epoch > 0: scheduler.step()``, so the official rate stays at lr for two epochs
-  and every later epoch uses the factor of the epoch before; ``train`` steps it every epoch.
+  and every later epoch uses the factor of the epoch before (``CosineSchedule``'s
+  first ``step()`` re-applies f(0)); ``train`` applies f(e) in epoch e.
 """
 
 from __future__ import annotations
