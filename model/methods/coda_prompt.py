@@ -27,6 +27,7 @@ see ``docs/prompt_methods.md``):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..prompt_pools import CodaPromptPool
 from ..prompts import PromptedViT, PromptModule
@@ -34,6 +35,9 @@ from .config import MethodConfig, Searchable, setting
 from .prompt_config import check_layers, check_positive_int, check_prefix_length
 from .prompt_method import PromptMethod
 from .registry import register_method
+
+if TYPE_CHECKING:
+    from .context import StepContext
 
 __all__ = ["CodaPrompt", "CodaPromptConfig"]
 
@@ -74,7 +78,8 @@ class CodaPrompt(PromptMethod):
         # one task until configure() learns the run's number of sessions
         return CodaPromptPool(embed_dim, 1, c.pool_size, c.length, c.ortho_mu, c.layers)
 
-    def configure(self, net: PromptedViT, ctx) -> None:
+    def configure(self, net: PromptedViT, ctx: "StepContext") -> None:
+        """Split the pool over the run's sessions (official ``n_tasks``)."""
         try:
             net.prompts.configure_tasks(ctx.num_sessions)  # type: ignore[operator]
         except ValueError as exc:

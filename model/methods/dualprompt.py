@@ -29,13 +29,17 @@ see ``docs/prompt_methods.md``):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..prompt_pools import DualPromptPool
-from ..prompts import PromptModule
+from ..prompts import PromptedViT, PromptModule
 from .config import MethodConfig, Searchable, setting
 from .prompt_config import check_layers, check_positive_int, check_prefix_length
 from .prompt_method import PromptMethod
 from .registry import register_method
+
+if TYPE_CHECKING:
+    from .context import StepContext
 
 __all__ = ["DualPrompt", "DualPromptConfig"]
 
@@ -74,7 +78,8 @@ class DualPrompt(PromptMethod):
         c = self.config
         return DualPromptPool(embed_dim, c.pool_size, c.length, c.g_length, c.g_layers, c.e_layers, c.pull_weight)
 
-    def configure(self, net, ctx) -> None:
+    def configure(self, net: PromptedViT, ctx: "StepContext") -> None:
+        """One E-prompt per task at least (official ``pool_size`` = number of tasks)."""
         if ctx.num_sessions > self.config.pool_size:
             raise ValueError(
                 f"method.dualprompt.pool_size ({self.config.pool_size}) must be at least the number of tasks ({ctx.num_sessions})"
