@@ -312,6 +312,20 @@ class CodaPromptPool(PromptModule):
         self.per_task = pool_size // n_tasks  # official pt = int(e_pool_size / n_tasks)
         self.components = nn.ModuleDict()
 
+    def configure_tasks(self, n_tasks: int) -> None:
+        """Split the pool over ``n_tasks`` tasks (known to a method only once it sees the run).
+
+        Raises:
+            ValueError: fewer than one component per task, or components already
+                created with another split.
+        """
+        if n_tasks < 1 or self.pool_size // n_tasks < 1:
+            raise ValueError(f"coda_prompt pool_size ({self.pool_size}) must give at least one component to each of {n_tasks} tasks")
+        per_task = self.pool_size // n_tasks
+        if len(self.components) and per_task != self.per_task:
+            raise ValueError(f"coda_prompt components exist with {self.per_task} per task; cannot re-split for {n_tasks} tasks")
+        self.n_tasks, self.per_task = n_tasks, per_task
+
     def _chunks(self, upto: int) -> list[CodaComponents]:
         missing = [t for t in range(upto + 1) if task_key(t) not in self.components]
         if missing:

@@ -373,9 +373,18 @@ class PromptedViT(ContinualViT):
 
     def load_prompt_state(self, state: Mapping[str, Tensor]) -> None:
         """Inverse of :meth:`prompt_state`: creates missing components and heads, then copies."""
+        self.load_adapter_state(state)
+
+    def load_adapter_state(self, state: Mapping[str, Tensor], train_down: bool = False) -> None:
+        """:class:`~model.net.ContinualViT`'s loader that also takes ``prompt.*`` tensors.
+
+        The shared training step resumes a checkpoint through ``load_adapter_state``;
+        routing the prompt keys here lets a prompt method's state go through it unchanged.
+        """
         prompt = {k[len("prompt.") :]: v for k, v in state.items() if k.startswith("prompt.")}
         rest = {k: v for k, v in state.items() if not k.startswith("prompt.")}
-        self.prompts.load_state({k: v.to(self.prompts.device) for k, v in prompt.items()})
+        if prompt:
+            self.prompts.load_state({k: v.to(self.prompts.device) for k, v in prompt.items()})
         if rest:
-            self.load_adapter_state(rest)
+            super().load_adapter_state(rest, train_down)
         self._query_cache = None
