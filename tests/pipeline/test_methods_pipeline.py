@@ -13,13 +13,21 @@ from model.methods import available_methods
 from pipeline.config import config_from_dict
 from pipeline.runner import execute, make_specs
 
+# Settings that fit the tiny test ViT (2 blocks, width 32): the prompt methods' official
+# layers and pool sizes assume ViT-B's 12 blocks and width 768.
+TINY = {
+    "l2p": {"pool_size": 4, "length": 2, "top_k": 2, "layers": [0]},
+    "dualprompt": {"pool_size": 3, "length": 2, "g_length": 2, "g_layers": [0], "e_layers": [1]},
+    "coda_prompt": {"pool_size": 6, "length": 2, "layers": [0, 1]},
+}
+
 
 @pytest.mark.parametrize("name", available_methods())
 def test_every_method_runs_end_to_end_and_logs_like_inflora(tmp_path, tiny_checkpoint, name):
     from mlflow import MlflowClient
 
     cfg = config_from_dict(
-        tiny_config_dict(tmp_path, tiny_checkpoint, method={"name": name}, data={"num_tasks": 2}, train={"epochs": 2})
+        tiny_config_dict(tmp_path, tiny_checkpoint, method={"name": name, name: TINY.get(name, {})}, data={"num_tasks": 2}, train={"epochs": 2})
     )
     (outcome,) = execute(make_specs(cfg), progress=False)
     assert outcome.status == "FINISHED"
