@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from sweep_fixtures import tiny_sweep_dict
 
+from model.methods import StepResult
 from pipeline.state import StageKey
 from sweeps.trial import (
     REPORTED_KEYS,
@@ -14,13 +15,16 @@ from sweeps.trial import (
 )
 
 
-class _Poisoned(dict):
-    """A test-split entry that fails the test if anything reads it."""
+class _PoisonedRow:
+    """An eval row whose test-split fields fail the test if anything reads them."""
 
-    def _fail(self, *args, **kwargs):
+    def __init__(self, task: int, val: float) -> None:
+        self.task, self.val = task, val
+
+    def _fail(self):
         raise AssertionError("the objective read the test split")
 
-    __getitem__ = items = values = keys = get = __iter__ = __len__ = _fail
+    test = count = extra = property(_fail)
 
 
 class _Spec:
@@ -28,8 +32,8 @@ class _Spec:
         self.seed = seed
 
 
-def _eval(val: dict[int, float]) -> dict:
-    return {"val": val, "test": _Poisoned(), "test_counts": _Poisoned(), "metrics": {}}
+def _eval(val: dict[int, float]) -> StepResult:
+    return StepResult(eval=[_PoisonedRow(t, v) for t, v in val.items()])
 
 
 def test_validation_objective_is_the_average_accuracy_over_sessions():
@@ -44,7 +48,7 @@ def test_validation_objective_is_the_average_accuracy_over_sessions():
 def test_reporter_reads_validation_only_and_waits_for_every_seed():
     reports = []
     reporter = TaskReporter([0, 1], reports.append)
-    reporter.on_stage(_Spec(0), StageKey(0, "train"), {"epochs": []})  # not an eval: ignored
+    reporter.on_stage(_Spec(0), StageKey(0, "train"), StepResult(epochs=[]))  # not an eval: ignored
     reporter.on_stage(_Spec(0), StageKey(0, "eval"), _eval({0: 0.8}))
     assert reports == []  # seed 1 has not finished task 0
     reporter.on_stage(_Spec(1), StageKey(0, "eval"), _eval({0: 0.6}))
