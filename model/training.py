@@ -225,7 +225,7 @@ def train_session(
                 loss = loss + extra
             lr = optimizer.param_groups[0]["lr"]
             if not torch.isfinite(loss.detach()):
-                raise NonFiniteTrainingError(f"{where}: training loss is {float(loss):g} at epoch {epoch}, step {step} (lr {lr:g}); lower train.lr")
+                raise NonFiniteTrainingError(f"{where}: training loss is {float(loss.detach()):g} at epoch {epoch}, step {step} (lr {lr:g}); lower train.lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             hooks.before_optimizer_step(net, params)
