@@ -170,7 +170,11 @@ def ray_head(num_cpus: int) -> Iterator[dict[str, str]]:
 
 
 def metric_counts(uri: str, experiment: str | None = None) -> dict[str, collections.Counter]:
-    """Per run directory name, every (key, step, value) the store holds, counted."""
+    """Per run directory name, every (key, step, value) the store holds, counted.
+
+    MLflow's system metrics (``system/…``) are left out: they are samples of the
+    machine while a command ran, not results, and differ between any two runs.
+    """
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
@@ -178,7 +182,7 @@ def metric_counts(uri: str, experiment: str | None = None) -> dict[str, collecti
     out: dict[str, collections.Counter] = {}
     for run in client.search_runs(ids, max_results=10000):
         counter: collections.Counter = collections.Counter()
-        for key in run.data.metrics:
+        for key in (k for k in run.data.metrics if not k.startswith("system/")):
             counter.update((m.key, m.step, round(m.value, 9)) for m in client.get_metric_history(run.info.run_id, key))
         out[Path(run.data.tags["run_dir"]).name] = counter
     return out

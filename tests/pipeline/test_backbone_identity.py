@@ -54,9 +54,9 @@ def _random_backbone_config(tmp_path: Path) -> dict:
 
 
 def _results(run_dir: RunDir) -> dict:
-    evals = {s: run_dir.read_done(stages.StageKey(s, "eval")) for s in range(3)}
+    evals = {s: stages.read_result(run_dir, stages.StageKey(s, "eval")) for s in range(3)}
     adapters = {s: (run_dir.session_dir(s) / "adapter.safetensors").read_bytes() for s in range(3)}
-    return {"evals": {s: (e["test"], e["val"]) for s, e in evals.items()}, "adapters": adapters}
+    return {"evals": {s: (e.test_row(), e.val_row()) for s, e in evals.items()}, "adapters": adapters}
 
 
 def test_killed_run_with_a_random_backbone_resumes_bit_identical(tmp_path):

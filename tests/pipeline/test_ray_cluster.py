@@ -33,7 +33,7 @@ import yaml
 from conftest import tiny_config_dict
 from process_helpers import stop_process_group
 
-from model.methods import create_method
+from pipeline.stages import method_of
 from pipeline.config import config_from_dict
 from pipeline.results import collect_results
 from pipeline.runner import execute, make_specs
@@ -139,7 +139,7 @@ def ray_head(_ray_process, tiny_checkpoint) -> RayHead:
 def _results(cfg_dict: dict):
     cfg = config_from_dict(cfg_dict)
     (spec,) = make_specs(cfg)
-    sessions = create_method(cfg.method, cfg.lora).sessions(cfg.data.num_tasks)
+    sessions = method_of(cfg).sessions(cfg.data.num_tasks)
     return RunDir(spec.run_dir), collect_results(RunDir(spec.run_dir), sessions)
 
 

@@ -52,14 +52,16 @@ def test_ctrl_c_exits_130_marks_killed_and_the_resume_drops_the_error(tmp_path, 
 
     cfg = tiny_config_dict(tmp_path, tiny_checkpoint, data={"num_tasks": 2})
     path = _write(tmp_path, cfg)
-    real_eval = stages.STAGE_FUNCTIONS["eval"]
+    from model.methods.base import ContinualMethod
 
-    def interrupted(ctx, session):
-        if session == 1:
+    real_eval = ContinualMethod.step_eval
+
+    def interrupted(self, ctx):
+        if ctx.session == 1:
             raise KeyboardInterrupt
-        return real_eval(ctx, session)
+        return real_eval(self, ctx)
 
-    monkeypatch.setitem(stages.STAGE_FUNCTIONS, "eval", interrupted)
+    monkeypatch.setattr(ContinualMethod, "step_eval", interrupted)
     assert main(["run", str(path), "--no-progress"]) == 130
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err  # (MLflow may log its store creation above)
@@ -68,7 +70,7 @@ def test_ctrl_c_exits_130_marks_killed_and_the_resume_drops_the_error(tmp_path, 
     (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
     assert run.info.status == "KILLED" and run.data.tags["error"].startswith("interrupted")
 
-    monkeypatch.setitem(stages.STAGE_FUNCTIONS, "eval", real_eval)
+    monkeypatch.setattr(ContinualMethod, "step_eval", real_eval)
     assert main(["run", str(path), "--no-progress"]) == 0
     run = client.get_run(run.info.run_id)
     assert run.info.status == "FINISHED" and "error" not in run.data.tags

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from model.methods import StepResult
+
 import json
 
 import pytest
@@ -43,8 +45,8 @@ def test_stage_node_is_a_tag_and_an_event(tmp_path):
     run_dir = RunDir(str(tmp_path))
     client = _Client()
     key = StageKey(2, "train")
-    log_stage_node(client, "r1", run_dir, key, {"node_id": "abc123"})
-    log_stage_node(client, "r1", run_dir, StageKey(2, "eval"), {"node_id": None})  # in-process: no node
+    log_stage_node(client, "r1", run_dir, key, StepResult(node_id="abc123"))
+    log_stage_node(client, "r1", run_dir, StageKey(2, "eval"), StepResult(node_id=None))  # in-process: no node
     assert client.tags == {("r1", "node/session_002/train"): "abc123"}
     (line,) = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert (line["stage"], line["event"], line["node_id"]) == ("session_002/train", "node", "abc123")
@@ -76,8 +78,16 @@ def test_system_metrics_per_run_and_after_resume(tmp_path, tiny_checkpoint, monk
     assert 0 < metrics["system/system_memory_usage_percentage"] <= 100 and metrics["system/system_memory_usage_megabytes"] > 0
     first = steps("system/cpu_utilization_percentage")
     assert first == list(range(len(first))) and len(first) >= 1
-    (again,) = execute(make_specs(cfg), progress=False)  # every stage done: reopen, finish
-    assert again.run_id == outcome.run_id
+    # a finished run re-run logs nothing again, system metrics included
+    (again,) = execute(make_specs(cfg), progress=False)
+    assert again.run_id == outcome.run_id and steps("system/cpu_utilization_percentage") == first
+    # an unfinished run resumed (its last evaluation lost) continues the steps
+    run_dir = outcome.run_dir
+    run_dir.unmark(StageKey(1, "eval"))
+    state = run_dir.read_json("tracking.json")
+    run_dir.write_json("tracking.json", {**state, "finished": False, "logged": [k for k in state["logged"] if k != "session_001/eval"]})
+    (resumed,) = execute(make_specs(cfg), progress=False)
+    assert resumed.run_id == outcome.run_id
     second = steps("system/cpu_utilization_percentage")
     assert second[: len(first)] == first and second == list(range(len(second))) and len(second) > len(first)
 

@@ -58,17 +58,10 @@ def start_server(root: Path, port: int) -> subprocess.Popen:
 
 
 def all_metrics(uri: str) -> dict[str, collections.Counter]:
-    """Per run directory, every (key, step, value) the store holds, counted."""
-    from mlflow import MlflowClient
+    """Per run directory, every (key, step, value) the store holds, counted (system samples left out)."""
+    from benchmarks.services import metric_counts
 
-    client = MlflowClient(uri)
-    out = {}
-    for run in client.search_runs([e.experiment_id for e in client.search_experiments()]):
-        counter = collections.Counter()
-        for key in run.data.metrics:
-            counter.update((m.key, m.step, round(m.value, 9)) for m in client.get_metric_history(run.info.run_id, key))
-        out[Path(run.data.tags["run_dir"]).name] = counter
-    return out
+    return metric_counts(uri)
 
 
 def test_server_killed_mid_run_then_restarted_logs_every_metric_once(tmp_path, tiny_checkpoint, monkeypatch, capsys):

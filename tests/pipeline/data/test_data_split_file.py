@@ -178,7 +178,7 @@ def test_split_stage_records_the_protocol(imagenet_r_root, tmp_path):
     }
     assert info["info"]["protocol"] == expected
     assert run_dir.read_json("split.json")["protocol"] == expected
-    assert sorted(info["class_order"]) == [0, 1, 2, 3]
+    assert sorted(info["info"]["class_order"]) == [0, 1, 2, 3]
 
 
 def test_split_seed_holds_out_the_images_the_official_code_does(imagenet_r_root):
