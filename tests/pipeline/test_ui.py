@@ -21,6 +21,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -106,6 +107,7 @@ def ui(tmp_path, tiny_checkpoint):
 
 def test_run_page_shows_the_run_its_chart_and_heat_map(ui, browser):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -125,7 +127,22 @@ def test_run_page_shows_the_run_its_chart_and_heat_map(ui, browser):
     wait.until(ec.url_contains(f"/runs/{run.info.run_id}"))
     # the run page -> its "Model metrics" tab
     wait.until(ec.element_to_be_clickable((By.XPATH, "//*[@role='tab' or self::a or self::button][normalize-space()='Model metrics']"))).click()
-    wait.until(ec.presence_of_element_located((By.XPATH, "//*[contains(text(), '(acc/test/task_mean)')]")))
+    # A run logs dozens of metrics and the page draws only the charts in view: filter them
+    # with the page's own chart search, as a user looking for one metric would.
+    search = wait.until(ec.element_to_be_clickable((By.XPATH, "//input[contains(@placeholder, 'earch')]")))
+
+    def show(text: str) -> None:
+        search.send_keys(Keys.CONTROL, "a")
+        search.send_keys(Keys.BACKSPACE)
+        search.send_keys(text)
+
+    try:
+        show("acc/test/task_mean")
+        wait.until(ec.presence_of_element_located((By.XPATH, "//*[contains(text(), '(acc/test/task_mean)')]")))
+        show("acc/test/")  # the chart and the heat map image side by side
+    except Exception:
+        browser.save_screenshot(str(Path(tempfile.gettempdir()) / "inflora_ui_failure.png"))  # to see what the page showed
+        raise
     heatmap = HEATMAP_IMAGE_KEY.replace("/", "~")  # how MLflow names an image key's files
     image = wait.until(lambda d: [i for i in d.find_elements(By.TAG_NAME, "img") if heatmap in (i.get_attribute("src") or "") and i.get_attribute("naturalWidth") not in (None, "0")])
     assert image
