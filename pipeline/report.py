@@ -34,6 +34,11 @@ _METRICS = {
     "bwt": "metrics.final/bwt",
     "val_final_acc": "metrics.final/val_final_acc_task_mean",
     "val_avg_acc": "metrics.final/val_avg_acc_task_mean",
+    # after the last task (the latest value of a per-session metric): the field's other measures
+    "final_task_il": "metrics.acc_task_il/test/task_mean",
+    "final_task_id": "metrics.acc_task_id/test/task_mean",
+    "final_old_tasks": "metrics.acc/test/old_tasks",
+    "final_new_tasks": "metrics.acc/test/new_tasks",
 }
 
 
