@@ -96,18 +96,24 @@ class GuardedTracker:
         cfg: tracking settings; ``cfg.offline`` allows starting while the server is down.
         experiment: overrides ``cfg.experiment``.
         retry_s: seconds between attempts to reach the server while offline.
+        final_wait_s: at the end of the runs, how long to keep trying a server that is
+            down (e.g. restarting) before leaving the backlog for a re-run; once per tracker.
         **tracker_kwargs: passed to :class:`Tracker`.
 
     Raises:
         TrackingUnavailable: the server does not answer at the start and ``cfg.offline`` is false.
     """
 
-    def __init__(self, cfg: TrackingConfig, experiment: str | None = None, *, retry_s: float = 30.0, **tracker_kwargs: Any) -> None:
+    def __init__(
+        self, cfg: TrackingConfig, experiment: str | None = None, *, retry_s: float = 30.0, final_wait_s: float = 45.0, **tracker_kwargs: Any
+    ) -> None:
         for key, value in _HTTP_DEFAULTS.items():
             os.environ.setdefault(key, value)
         self.cfg = cfg
         self.uri = resolve_tracking_uri(cfg)
         self.retry_s = retry_s
+        self.final_wait_s = final_wait_s
+        self._waited = False
         self._experiment = experiment
         self._kwargs = tracker_kwargs
         self._inner: Tracker | None = None
@@ -170,6 +176,19 @@ class GuardedTracker:
     def _flush_all(self) -> bool:
         return self._available() and all(self._flush(run) for run in self._runs.values())
 
+    def _wait_for_server(self) -> None:
+        """The runs are done but the server is down: give it ``final_wait_s`` to come back
+        (a restart takes seconds) before the backlog is left for a re-run."""
+        if self.online or self._waited:
+            return
+        self._waited = True
+        deadline = time.monotonic() + self.final_wait_s
+        while time.monotonic() < deadline:
+            self._next_try = 0.0  # try now, whatever the retry interval
+            if self._available():
+                return
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+
     # ------------------------------------------------------------ Tracker's methods
     def open_run(self, spec: RunSpec, run_dir: RunDir, *, parent_run_id: str | None = None, tags: Mapping[str, str] | None = None) -> str:
         """The MLflow run id, or ``offline:<run dir>`` while the server is down."""
@@ -186,6 +205,7 @@ class GuardedTracker:
 
     def finish(self, run_id: str, spec: RunSpec, run_dir: RunDir, sessions: list[list[int]]) -> dict[str, float]:
         run = self._runs[run_id]
+        self._wait_for_server()
         if self._flush_all() and run.run_id is not None:
             try:
                 return self._inner.finish(run.run_id, spec, run_dir, sessions)  # type: ignore[union-attr]
