@@ -47,6 +47,17 @@ def kill_and_resume(tmp_path: Path, checkpoint: Path, stage: str, when: str):
     return outcome, run_dir
 
 
+def kill_then_run(tmp_path: Path, cfg_dict: dict, stage: str, when: str):
+    """SIGKILL the crash driver at ``stage``/``when`` of ``cfg_dict``'s run, then run it to the end in-process."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg_dict))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, str(DRIVER), str(path), stage, when], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    (outcome,) = execute(make_specs(config_from_dict(cfg_dict)), progress=False)
+    return outcome
+
+
 CASES = [
     ("split", "end"),
     ("session_001/design", "start"),
@@ -95,12 +106,7 @@ def test_inflora_ca_killed_in_align_resumes(tmp_path, tiny_checkpoint):
     ref_cfg = config_from_dict(tiny_config_dict(tmp_path / "ref", tiny_checkpoint, method=method, tracking={"enabled": False}))
     (reference,) = execute(make_specs(ref_cfg), progress=False)
     cfg_dict = tiny_config_dict(tmp_path, tiny_checkpoint, method=method)
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(cfg_dict))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.run([sys.executable, str(DRIVER), str(path), "session_001/align", "end"], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -9, proc.stderr[-2000:]
-    (outcome,) = execute(make_specs(config_from_dict(cfg_dict)), progress=False)
+    outcome = kill_then_run(tmp_path, cfg_dict, "session_001/align", "end")
     run_dir = RunDir(outcome.spec.run_dir)
     assert (run_dir.session_dir(2) / "aligned_heads.safetensors").is_file()
     np.testing.assert_array_equal(outcome.results().test.to_numpy(), reference.results().test.to_numpy())
@@ -113,12 +119,7 @@ def test_sd_lora_killed_mid_epoch_resumes_with_the_same_magnitudes(tmp_path, tin
     ref_cfg = config_from_dict(tiny_config_dict(tmp_path / "ref", tiny_checkpoint, method=method, train=train, tracking={"enabled": False}))
     (reference,) = execute(make_specs(ref_cfg), progress=False)
     cfg_dict = tiny_config_dict(tmp_path, tiny_checkpoint, method=method, train=train, tracking={"enabled": False})
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(cfg_dict))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.run([sys.executable, str(DRIVER), str(path), "session_001/train", "epoch"], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -9, proc.stderr[-2000:]
-    (outcome,) = execute(make_specs(config_from_dict(cfg_dict)), progress=False)
+    outcome = kill_then_run(tmp_path, cfg_dict, "session_001/train", "epoch")
     for s in range(3):  # every session's branch and magnitudes, bit for bit
         got = RunDir(outcome.spec.run_dir).load_tensors(f"session_{s:03d}/adapter.safetensors")
         want = RunDir(reference.spec.run_dir).load_tensors(f"session_{s:03d}/adapter.safetensors")
