@@ -231,7 +231,7 @@ class LoRAQKV(nn.Module):
         if self._frozen_cache is not None and self._frozen_cache[0] == key:
             return self._frozen_cache[1]
         weight = self.base_layer.weight.detach().clone()
-        for target, (up, down) in self._concat_factors(frozen).items():
+        for target, (up, down, _) in self._concat_factors(frozen).items():
             weight[self.rows(target)] += up @ down
         if not torch.isfinite(weight).all():
             raise FloatingPointError("a frozen LoRA branch holds NaN or Inf values")
@@ -239,8 +239,9 @@ class LoRAQKV(nn.Module):
         return weight
 
     @staticmethod
-    def _concat_factors(branches: list[Branch]) -> dict[str, tuple[Tensor, Tensor]]:
-        """Per target, the branches' ups side by side (``d × R``) and downs stacked (``R × d``)."""
+    def _concat_factors(branches: list[Branch]) -> dict[str, tuple[Tensor, Tensor, tuple[int, ...]]]:
+        """Per target, the branches' ups side by side (``d × R``), downs stacked (``R × d``),
+        and the ids of those downs (targets with the same ids share one stacked down)."""
         per_target: dict[str, tuple[list[Tensor], list[Tensor]]] = {}
         for branch in branches:
             for target, (up, down) in branch.factors().items():
@@ -248,7 +249,7 @@ class LoRAQKV(nn.Module):
                 ups.append(up)
                 downs.append(down)
         return {
-            t: (torch.cat(ups, dim=1), torch.cat(downs, dim=0))
+            t: (torch.cat(ups, dim=1), torch.cat(downs, dim=0), tuple(id(d) for d in downs))
             for t, (ups, downs) in sorted(per_target.items(), key=lambda kv: TARGETS.index(kv[0]))
         }
 
@@ -259,8 +260,7 @@ class LoRAQKV(nn.Module):
         # the same stacked down-projection share its hidden activations.
         out: dict[str, Tensor] = {}
         hidden: dict[tuple[int, ...], Tensor] = {}
-        for target, (up, down) in self._concat_factors(branches).items():
-            key = tuple(id(f[1]) for b in branches for t, f in b.factors().items() if t == target)
+        for target, (up, down, key) in self._concat_factors(branches).items():
             if key not in hidden:
                 hidden[key] = F.linear(x, down)
             out[target] = F.linear(hidden[key], up)

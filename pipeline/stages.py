@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ import torch
 from model.backbone import create_backbone
 from model.evaluation import peak_memory_mb, reset_peak_memory
 from model.methods import ContinualMethod, Step, StepResult, create_method, head_name
+from model.methods.context import derived_seed
 from model.net import ContinualViT
 
 from .backbone_check import check_backbone_hash
@@ -72,10 +71,8 @@ class RunSpec:
         return f"{self.config.name}/{self.config.method.name}/seed{self.seed}"
 
 
-def stage_seed(seed: int, session: int, purpose: str) -> int:
-    """A 63-bit seed derived from (run seed, session, purpose)."""
-    digest = hashlib.sha256(f"{seed}/{session}/{purpose}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+stage_seed = derived_seed
+"""A 63-bit seed derived from (run seed, session, purpose) (:func:`model.methods.context.derived_seed`)."""
 
 
 def _generator(seed: int, session: int, purpose: str) -> torch.Generator:

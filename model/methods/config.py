@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..lora import REFERENCE_DOWN_SCALE, check_targets
+from ..lora import REFERENCE_DOWN_SCALE
 
 __all__ = ["MethodConfig", "LoRASpec", "Searchable", "setting", "check_threshold", "BlocksSpec"]
 
@@ -119,6 +119,3 @@ class LoRASpec:
         if not self.down_scale > 0:
             raise ValueError(f"lora.down_scale must be > 0, got {self.down_scale}")
 
-
-def targets_setting(default: tuple[str, ...], help: str) -> Any:
-    return field(default=default, metadata={"help": help, "search": None, "check": check_targets})

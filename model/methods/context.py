@@ -6,6 +6,7 @@ memory. Everything here is plain torch: no Ray, no MLflow, no file layout.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -15,9 +16,15 @@ from torch import Tensor
 from ..net import ContinualViT
 from ..training import TrainSpec
 
-__all__ = ["StepContext", "Batches"]
+__all__ = ["StepContext", "Batches", "derived_seed"]
 
 Batches = Iterable[tuple[Tensor, Tensor]]
+
+
+def derived_seed(seed: int, session: int, purpose: str) -> int:
+    """A 63-bit seed derived from (run seed, session, purpose): every step's generators."""
+    digest = hashlib.sha256(f"{seed}/{session}/{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 class StepContext(Protocol):

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..net import ContinualViT
 from ..training import TrainSpec
 from .base import ContinualMethod, head_name
-from .context import Batches
+from .context import Batches, derived_seed
 from .results import StepResult
 
 __all__ = ["InMemoryContext"]
@@ -92,10 +92,7 @@ class InMemoryContext:
         return list(range(self.class_offset(task), self.class_offset(task) + self.classes[task]))
 
     def generator(self, purpose: str) -> torch.Generator:
-        import hashlib
-
-        digest = hashlib.sha256(f"{self.seed}/{self.session}/{purpose}".encode()).digest()
-        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+        return torch.Generator().manual_seed(derived_seed(self.seed, self.session, purpose))
 
     def build_net(self, sessions_done: int) -> ContinualViT:
         net = self.method.build_net(copy.deepcopy(self.backbone))
