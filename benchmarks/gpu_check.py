@@ -39,7 +39,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +101,7 @@ def _epoch_times(subject, batches, spec: TrainSpec, device: torch.device, repeat
     synchronize(device)
     start = time.perf_counter()
     train_session(
-        subject.net, subject.params, batches, replace(spec, epochs=repeats + 1),
+        subject.net, subject.params, batches, spec.model_copy(update={"epochs": repeats + 1}),
         head_names=[subject.head], class_offset=subject.class_offset, device=device, on_epoch_end=mark,
     )
     return [b - a for a, b in zip(marks, marks[1:])], marks[0] - start
@@ -114,7 +114,7 @@ def measure_steps(s: Settings, device: torch.device, log) -> list[dict[str, Any]
     spec = TrainSpec(batch_size=case.batch_size, precision="bf16")
     variants = [("timm floor (frozen backbone fwd+bwd)", "floor", spec), ("InfLoRA step, eager", "inflora", spec)]
     if s.compile:
-        variants.append(("InfLoRA step, torch.compile", "inflora", replace(spec, compile=True)))
+        variants.append(("InfLoRA step, torch.compile", "inflora", spec.model_copy(update={"compile": True})))
     images = sum(int(y.shape[0]) for _, y in batches)
     rows = []
     for label, kind, variant_spec in variants:
@@ -197,8 +197,7 @@ def pipeline_config(s: Settings, data_root: Path, checkpoint: Path, out: Path, g
             "test_fraction": 0.2, "split_seed": 0, "image_size": case.img_size, "normalization": "none",
             "num_workers": s.pipe_workers,
         },
-        "lora": {"rank": case.rank},
-        "method": {"name": "inflora", "lamb": 0.98},
+        "method": {"name": "inflora", "rank": case.rank, "lamb": 0.98},
         "train": {"optimizer": "adam", "lr": 5e-4, "epochs": s.pipe_epochs, "batch_size": s.pipe_batch, "precision": "bf16"},
         "resources": {"cpus_per_stage": 4 if s.executor == "ray" else 1, "gpus_per_stage": gpus, "executor": s.executor},
         "tracking": {"enabled": False},

@@ -98,7 +98,7 @@ def main() -> None:
         "",
         f"Backbone: `{cfg.backbone.name}` with {cfg.backbone.overrides}, weights `{Path(cfg.backbone.checkpoint).name}` "
         f"(pretrained here on {cfg.backbone.pretrain.dataset if cfg.backbone.pretrain else 'external data'}).",
-        f"LoRA rank {cfg.lora.rank}; {cfg.train.optimizer} lr {cfg.train.lr}, {cfg.train.epochs} epochs, batch {cfg.train.batch_size} "
+        f"LoRA rank {cfg.method.config.rank}; {cfg.train.optimizer} lr {cfg.train.lr}, {cfg.train.epochs} epochs, batch {cfg.train.batch_size} "
         f"for every method; method settings: " + "; ".join(f"{m}: {base.with_method(m).method.config}" for m in METHODS) + ".",
         "",
         "Accuracy in %, mean ± std over seeds. final/average acc: per-task mean (the paper's); weighted: over all test samples; "

@@ -94,7 +94,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from model import ContinualViT, LoRASpec, TaskHeads, create_backbone, create_method, head_name
+from model import ContinualViT, TaskHeads, create_backbone, create_method, head_name
+from model.methods.inflora import InfLoRAConfig
+from model.methods.sd_lora import SDLoRAConfig
 from model.methods import ContinualMethod
 from model.methods.memory_context import InMemoryContext
 from model.subspace import memory_bank_state
@@ -167,11 +169,11 @@ def demo_case() -> Case:
         model=cfg.backbone.name,
         overrides=dict(cfg.backbone.overrides),
         batch_size=cfg.train.batch_size,
-        rank=cfg.lora.rank,
+        rank=cfg.method.config.rank,
         classes=2,
         steps=4,  # one epoch of a demo task (~226 images)
         epochs=cfg.train.epochs,
-        lora_blocks=cfg.lora.blocks,
+        lora_blocks=cfg.method.config.blocks,
     )
 
 
@@ -295,7 +297,7 @@ def network_at_session(
     the values do not change the cost.
     """
     net = ContinualViT(shared_copy(backbone), case.lora_blocks)
-    method = create_method("inflora", lora=LoRASpec(rank=case.rank, blocks=case.lora_blocks))
+    method = create_method("inflora", InfLoRAConfig(rank=case.rank, blocks=case.lora_blocks))
     for session in range(sessions_done):
         ctx = session_context(method, net, session, case.classes, [])
         ctx.save("design", method.random_downs(net, generator))
@@ -392,7 +394,7 @@ def time_train(
         subject.net,  # type: ignore[arg-type]
         subject.params,
         batches,
-        replace(spec, epochs=1),
+        spec.model_copy(update={"epochs": 1}),
         head_names=[subject.head],
         class_offset=subject.class_offset,
         device=device,
@@ -832,7 +834,7 @@ def sd_lora_peak_rss(tasks: int, model: str, img_size: int, batch_size: int, ste
     from model.methods.sd_lora import SDLoRAViT
 
     torch.set_num_threads(1)
-    method = create_method("sd_lora", lora=LoRASpec(rank=rank))
+    method = create_method("sd_lora", SDLoRAConfig(rank=rank))
     backbone = create_backbone(model, pretrained=False, overrides={"img_size": img_size})
     net = method.build_net(backbone)
     assert isinstance(net, SDLoRAViT)

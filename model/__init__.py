@@ -6,7 +6,7 @@ Nothing here knows about Ray, MLflow or the pipeline's run directories.
 from .backbone import BackboneError, create_backbone, load_state_dict_file, save_backbone
 from .heads import TaskHeads
 from .lora import REFERENCE_DOWN_SCALE, InfLoRAQKV, LoRABranch, LoRAQKV
-from .methods import ContinualMethod, LoRASpec, MethodConfig, StepResult, available_methods, create_method, head_name
+from .methods import ContinualMethod, LoRAConfig, MethodConfig, StepResult, available_methods, create_method, head_name
 from .net import ContinualViT
 from .subspace import SubspaceError, SubspaceMemory, design_down_projection, threshold_schedule
 from .training import TrainSpec, collect_covariances, predict, probe_sq_norm, train_session
@@ -18,7 +18,7 @@ __all__ = [
     "InfLoRAQKV",
     "LoRABranch",
     "LoRAQKV",
-    "LoRASpec",
+    "LoRAConfig",
     "MethodConfig",
     "StepResult",
     "REFERENCE_DOWN_SCALE",

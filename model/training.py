@@ -10,13 +10,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import AfterValidator
 from torch import Tensor, nn
 
 from .net import ContinualViT
+from .settings import Settings, setting
 
 __all__ = [
     "TrainSpec",
@@ -32,13 +34,13 @@ __all__ = [
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 
-_OPTIMIZERS = ("adam", "sgd")
-_PRECISIONS = ("fp32", "bf16")
-_SCHEDULERS = ("cosine", "multistep", "constant")
+def _positive_epochs(milestones: list[int]) -> list[int]:
+    if any(m < 1 for m in milestones):
+        raise ValueError(f"must be positive epochs, got {milestones}")
+    return milestones
 
 
-@dataclass(frozen=True)
-class TrainSpec:
+class TrainSpec(Settings):
     """How one session is trained (paper defaults: Adam, lr 5e-4, batch 128).
 
     Args:
@@ -59,41 +61,19 @@ class TrainSpec:
         compile: run the training forward through ``torch.compile``.
     """
 
-    optimizer: str = "adam"
-    lr: float = 5e-4
-    epochs: int = 20
-    batch_size: int = 128
-    eval_batch_size: int = 256
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    precision: str = "fp32"
-    scheduler: str = "cosine"
-    milestones: list[int] = field(default_factory=lambda: [4])
-    gamma: float = 0.1
-    head_lr: float | None = None
-    compile: bool = False
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in _OPTIMIZERS:
-            raise ValueError(f"train.optimizer must be one of {list(_OPTIMIZERS)}, got {self.optimizer!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"train.lr must be a positive number, got {self.lr}")
-        if self.epochs < 1:
-            raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError("train.batch_size and train.eval_batch_size must be >= 1")
-        if self.weight_decay < 0:
-            raise ValueError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"train.momentum must be in [0, 1), got {self.momentum}")
-        if self.precision not in _PRECISIONS:
-            raise ValueError(f"train.precision must be one of {list(_PRECISIONS)}, got {self.precision!r}")
-        if self.scheduler not in _SCHEDULERS:
-            raise ValueError(f"train.scheduler must be one of {list(_SCHEDULERS)}, got {self.scheduler!r}")
-        if not 0 < self.gamma <= 1 or any(m < 1 for m in self.milestones):
-            raise ValueError("train.gamma must be in (0, 1] and train.milestones positive epochs")
-        if self.head_lr is not None and not self.head_lr > 0:
-            raise ValueError(f"train.head_lr must be > 0 or null, got {self.head_lr}")
+    optimizer: Literal["adam", "sgd"] = setting("adam", "adam (the reference's cosine schedule) or sgd (momentum)")
+    lr: float = setting(5e-4, "learning rate", search=True, gt=0.0, allow_inf_nan=False)
+    epochs: int = setting(20, "epochs per session", search=True, ge=1)
+    batch_size: int = setting(128, "training batch size", ge=1)
+    eval_batch_size: int = setting(256, "batch size of evaluation and statistics passes", ge=1)
+    weight_decay: float = setting(0.0, "L2 weight decay", ge=0.0)
+    momentum: float = setting(0.9, "SGD momentum", ge=0.0, lt=1.0)
+    precision: Literal["fp32", "bf16"] = setting("fp32", "bf16 autocasts forward passes where the device supports it")
+    scheduler: Literal["cosine", "multistep", "constant"] = setting("cosine", "per-epoch learning-rate schedule")
+    milestones: Annotated[list[int], AfterValidator(_positive_epochs)] = setting([4], "epochs where multistep decays")
+    gamma: float = setting(0.1, "multistep decay factor", gt=0.0, le=1.0)
+    head_lr: float | None = setting(None, "learning rate of the heads when it differs from lr", gt=0.0)
+    compile: bool = setting(False, "run the training forward through torch.compile")
 
 
 class NonFiniteTrainingError(FloatingPointError):

@@ -6,36 +6,47 @@ mid-run, a random initialisation drawn from a process's global generator), the
 run would mix two networks without a word. The driver records the hash in
 ``run.json`` when the run starts; each stage compares the backbone it built
 with it and stops, naming both, if they differ.
+
+A process builds a backbone once (:func:`cached_backbone`) and hashes that model
+object once: the driver's record and the stages of an in-process executor share it.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 
 from torch import nn
 
 from model.backbone import create_backbone, weights_sha256
 
-from .config import BackboneConfig, config_to_dict
+from .config import BackboneConfig
 from .state import RunDir, RunStateError
 
-__all__ = ["backbone_sha256", "record_backbone_hash", "check_backbone_hash"]
+__all__ = ["cached_backbone", "backbone_sha256", "record_backbone_hash", "check_backbone_hash"]
 
 _KEY = "backbone_sha256"
 
 
-@functools.lru_cache(maxsize=4)
-def _hash_of(backbone_json: str) -> str:
-    b = json.loads(backbone_json)
-    model = create_backbone(b["name"], pretrained=b["pretrained"], checkpoint=b["checkpoint"], overrides=b["overrides"],
-                            reset_final_norm=b.get("reset_final_norm", False), init_seed=b.get("init_seed", 0))  # fmt: skip
-    return weights_sha256(model)
+@functools.lru_cache(maxsize=2)
+def cached_backbone(b: BackboneConfig) -> nn.Module:
+    """The backbone ``b`` describes, built once per process (keyed by the section's canonical JSON).
+
+    Callers copy it before changing it.
+    """
+    return create_backbone(b.name, pretrained=b.pretrained, checkpoint=b.checkpoint, overrides=b.overrides,
+                           reset_final_norm=b.reset_final_norm, init_seed=b.init_seed)  # fmt: skip
 
 
 def backbone_sha256(backbone: BackboneConfig) -> str:
-    """SHA-256 of the weights ``backbone`` builds (cached per process)."""
-    return _hash_of(json.dumps(config_to_dict(backbone), sort_keys=True))
+    """SHA-256 of the weights ``backbone`` builds (built and hashed once per process)."""
+    return _model_sha256(cached_backbone(backbone))
+
+
+def _model_sha256(model: nn.Module) -> str:
+    seen = _hashed.get(id(model))
+    actual = seen[1] if seen is not None and seen[0] is model else weights_sha256(model)
+    _hashed[id(model)] = (model, actual)  # holding the model keeps its id unique
+    return actual
 
 
 def record_backbone_hash(run_dir: RunDir, backbone: BackboneConfig) -> str:
@@ -57,9 +68,7 @@ def check_backbone_hash(run_dir: RunDir, backbone: BackboneConfig, model: nn.Mod
     expected = run_dir.read_json("run.json").get(_KEY)
     if expected is None:
         return
-    seen = _hashed.get(id(model))
-    actual = seen[1] if seen is not None and seen[0] is model else weights_sha256(model)
-    _hashed[id(model)] = (model, actual)  # holding the model keeps its id unique
+    actual = _model_sha256(model)
     if actual != expected:
         raise RunStateError(_mismatch(run_dir, backbone, expected, actual))
 

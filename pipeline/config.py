@@ -1,28 +1,30 @@
-"""Run configuration: YAML validated into frozen dataclasses at the edge.
+"""Run configuration: YAML validated into frozen pydantic models at the edge.
 
-Unknown keys and bad values are rejected with a :class:`ConfigError` that names
-the key (``train.lr``) and what is allowed. Relative paths are resolved against
-the directory the command runs in, once, here: Ray workers do not share the
-driver's working directory.
+Unknown keys and bad values are rejected with a :class:`ConfigError`, one line
+naming the key (``train.lr``, ``method.inflora.lamb``: pydantic's error location)
+and what is allowed. Relative paths are resolved against the directory the
+command runs in, once, here: Ray workers do not share the driver's working
+directory. Settings declared in ``model/`` (:class:`~model.training.TrainSpec`,
+each method's config) do not know their place in the file; this module nests them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
-import types
-import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ValidationError, create_model, field_validator, model_serializer, model_validator
 
-from model.methods import LoRASpec, MethodConfig, available_methods, method_config_class
+from model.methods import LoRAConfig, MethodConfig, available_methods, method_config_class
+from model.settings import Settings, result_payload, setting
 from model.training import TrainSpec
+
+from .data.config import DataConfig
 
 __all__ = [
     "ConfigError",
@@ -38,7 +40,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "apply_overrides",
-    "build_section",
+    "validate_section",
     "read_yaml_mapping",
 ]
 
@@ -55,31 +57,21 @@ def similar_names(name: str, known: list[str], n: int = 6) -> list[str]:
 
 
 # --------------------------------------------------------------------------- sections
-@dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(Settings):
     """How to pretrain the CPU-scale backbone when its checkpoint is missing.
 
     The data set must be disjoint from the continual tasks' data (see README).
     """
 
-    dataset: str = "mnist"
-    epochs: int = 12
-    lr: float = 1e-3
-    batch_size: int = 128
-    weight_decay: float = 0.05
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"backbone.pretrain.epochs must be >= 1, got {self.epochs}")
-        if not self.lr > 0:
-            raise ValueError(f"backbone.pretrain.lr must be > 0, got {self.lr}")
-        if self.batch_size < 1:
-            raise ValueError(f"backbone.pretrain.batch_size must be >= 1, got {self.batch_size}")
+    dataset: str = setting("mnist", "data set the backbone is pretrained on")
+    epochs: int = setting(12, "pretraining epochs", ge=1)
+    lr: float = setting(1e-3, "pretraining learning rate", gt=0.0)
+    batch_size: int = setting(128, "pretraining batch size", ge=1)
+    weight_decay: float = setting(0.05, "pretraining weight decay")
+    seed: int = setting(0, "seed of the pretraining")
 
 
-@dataclass(frozen=True)
-class BackboneConfig:
+class BackboneConfig(Settings):
     """Which ViT and which weights.
 
     Args:
@@ -95,113 +87,40 @@ class BackboneConfig:
             ``checkpoint`` gives them (the backbone is a function of the config).
     """
 
-    name: str = "vit_base_patch16_224.augreg_in21k"
-    pretrained: bool = True
-    checkpoint: str | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
-    pretrain: PretrainConfig | None = None
-    reset_final_norm: bool = False
-    init_seed: int = 0
+    name: str = setting("vit_base_patch16_224.augreg_in21k", "timm model name")
+    pretrained: bool = setting(True, "download timm's weights for name")
+    checkpoint: str | None = setting(None, "local weights file; wins over pretrained")
+    overrides: dict[str, Any] = setting({}, "timm constructor arguments")
+    pretrain: PretrainConfig | None = setting(None, "recipe to create checkpoint when it is missing")
+    reset_final_norm: bool = setting(False, "replace the final LayerNorm by a fresh, frozen one")
+    init_seed: int = setting(0, "seed of the random weights", ge=0)
 
-    def __post_init__(self) -> None:
+    @field_validator("name")
+    @classmethod
+    def _timm_name(cls, name: str) -> str:
         import timm
 
-        if self.init_seed < 0:
-            raise ValueError(f"backbone.init_seed must be >= 0, got {self.init_seed}")
+        if not name:
+            raise ValueError("must be a timm model name")
+        if not timm.is_model(name.split(".")[0]):
+            hint = similar_names(name.split(".")[0], timm.list_models())
+            raise ValueError(f"unknown timm model {name!r}" + (f"; similar names: {hint}" if hint else ""))
+        return name
 
-        if not self.name:
-            raise ValueError("backbone.name must be a timm model name")
-        if not timm.is_model(self.name.split(".")[0]):
-            hint = similar_names(self.name.split(".")[0], timm.list_models())
-            raise ValueError(f"backbone.name: unknown timm model {self.name!r}" + (f"; similar names: {hint}" if hint else ""))
+    @model_validator(mode="after")
+    def _pretrain_target(self) -> "BackboneConfig":
         if self.pretrain is not None and self.checkpoint is None:
             raise ValueError("backbone.pretrain needs backbone.checkpoint: the path the pretrained weights go to")
+        return self
+
+    def result_view(self) -> dict[str, Any]:
+        view = super().result_view()
+        if self.checkpoint or self.pretrained:  # loaded weights: the seed changes nothing
+            view.pop("init_seed")
+        return view
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    """The task sequence.
-
-    Args:
-        name: registered data set (``digits``, ``mnist``, ``cifar100``, ``imagenet_r``…).
-        root: folder of the data set files (not needed for the packaged offline sets).
-        num_tasks: number of tasks; classes are split evenly.
-        class_order: ``"seeded"`` (shuffled by the run's seed), ``"fixed"`` (label
-            order) or an explicit list of every class.
-        val_fraction: share of each class's training samples held out for validation.
-        image_size: side of the square input images.
-        max_train_per_class: cap on training samples per class (a harder protocol).
-        test_fraction: share held out for testing, for data sets without an
-            official test split (ImageNet-R): of each class, seeded by the run's
-            seed, or of the whole pool in one draw from ``split_seed``.
-        normalization: ``"backbone"`` (mean/std of the backbone's timm
-            ``pretrained_cfg``), ``"none"`` (images in [0, 1], as the reference
-            code feeds its in21k ViT) or ``"imagenet"``.
-        num_workers: DataLoader worker processes.
-        options: data-set-specific settings.
-        split_file: a declared training list — a CODA-Prompt-style YAML file
-            (``data:`` image paths, ``targets:`` labels) or a text file of
-            ``<path> <label>`` lines; it replaces the data set's own training pool.
-        split_file_test: the matching test list; without it the test split is
-            held out of ``split_file``'s pool (``test_fraction``).
-        split_prefix: leading part of every listed path (``data/imagenet-r/``)
-            stripped before the path is resolved against ``root``.
-        split_seed: draw the held-out test split once from this seed, as one
-            ``test_fraction`` draw over the whole pool (InfLoRA's official
-            ImageNet-R protocol, ``torch.utils.data.random_split``), so that every
-            run seed shares one split; ``None`` holds out ``test_fraction`` of each
-            class, seeded by the run's seed.
-    """
-
-    name: str = "digits"
-    root: str | None = None
-    num_tasks: int = 5
-    class_order: Union[str, list[int]] = "seeded"
-    val_fraction: float = 0.1
-    image_size: int = 16
-    max_train_per_class: int | None = None
-    test_fraction: float = 0.2
-    normalization: str = "backbone"
-    num_workers: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
-    split_file: str | None = None
-    split_file_test: str | None = None
-    split_prefix: str | None = None
-    split_seed: int | None = None
-
-    def __post_init__(self) -> None:
-        from .data import available_datasets
-        from .data.split_file import SPLIT_FILE_DATASETS
-
-        if self.name not in available_datasets():
-            raise ValueError(f"data.name: unknown data set {self.name!r}; known: {available_datasets()}")
-        if self.num_tasks < 1:
-            raise ValueError(f"data.num_tasks must be >= 1, got {self.num_tasks}")
-        if isinstance(self.class_order, str) and self.class_order not in ("seeded", "fixed"):
-            raise ValueError(f"data.class_order must be 'seeded', 'fixed' or a list of classes, got {self.class_order!r}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.image_size < 1:
-            raise ValueError(f"data.image_size must be >= 1, got {self.image_size}")
-        if self.max_train_per_class is not None and self.max_train_per_class < 1:
-            raise ValueError(f"data.max_train_per_class must be >= 1, got {self.max_train_per_class}")
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ValueError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
-        if self.normalization not in ("backbone", "none", "imagenet"):
-            raise ValueError(f"data.normalization must be 'backbone', 'none' or 'imagenet', got {self.normalization!r}")
-        if self.num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
-        if self.split_file is None and (self.split_file_test is not None or self.split_prefix is not None):
-            raise ValueError("data.split_file_test and data.split_prefix need data.split_file (the training list)")
-        if self.split_file is not None and self.name not in SPLIT_FILE_DATASETS:
-            raise ValueError(
-                f"data.split_file lists image files; data set {self.name!r} is not read from image files "
-                f"(use one of {sorted(SPLIT_FILE_DATASETS)})"
-            )
-
-
-@dataclass(frozen=True)
-class ResourcesConfig:
+class ResourcesConfig(Settings):
     """What each stage asks the Ray scheduler for.
 
     Args:
@@ -214,116 +133,240 @@ class ResourcesConfig:
             (autoscaling clusters); 0 refuses a request no node meets at once.
     """
 
-    cpus_per_stage: float = 1.0
-    gpus_per_stage: float = 0.0
-    executor: str = "ray"
-    num_cpus: int | None = None
-    max_retries: int = 1
-    wait_for_resources_s: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.wait_for_resources_s < 0:
-            raise ValueError(f"resources.wait_for_resources_s must be >= 0, got {self.wait_for_resources_s}")
-        if self.cpus_per_stage <= 0:
-            raise ValueError(f"resources.cpus_per_stage must be > 0, got {self.cpus_per_stage}")
-        if self.gpus_per_stage < 0:
-            raise ValueError(f"resources.gpus_per_stage must be >= 0, got {self.gpus_per_stage}")
-        if self.executor not in ("ray", "local"):
-            raise ValueError(f"resources.executor must be 'ray' or 'local', got {self.executor!r}")
-        if self.num_cpus is not None and self.num_cpus < 1:
-            raise ValueError(f"resources.num_cpus must be >= 1, got {self.num_cpus}")
-        if self.max_retries < 0:
-            raise ValueError(f"resources.max_retries must be >= 0, got {self.max_retries}")
+    cpus_per_stage: float = setting(1.0, "CPUs of a computing stage", gt=0.0)
+    gpus_per_stage: float = setting(0.0, "GPUs of a computing stage", ge=0.0)
+    executor: Literal["ray", "local"] = setting("ray", "ray, or local (in-process)")
+    num_cpus: int | None = setting(None, "CPUs of the local Ray cluster", ge=1)
+    max_retries: int = setting(1, "Ray retries of a stage whose worker died", ge=0)
+    wait_for_resources_s: float = setting(0.0, "how long to wait for a node that can run a stage", ge=0.0)
 
 
-@dataclass(frozen=True)
-class TrackingConfig:
+class TrackingConfig(Settings):
     """MLflow settings. ``uri`` falls back to ``MLFLOW_TRACKING_URI``, then to a
     sqlite file ``mlflow.db`` in the working directory. ``offline: true`` runs
     while the tracking server is unreachable and logs everything once it answers
     (a later re-run of the same command); otherwise an unreachable server at the
     start is an error."""
 
-    experiment: str = "inflora"
-    uri: str | None = None
-    log_adapters: bool = True
-    enabled: bool = True
-    offline: bool = False
+    experiment: str = setting("inflora", "MLflow experiment")
+    uri: str | None = setting(None, "MLflow tracking URI")
+    log_adapters: bool = setting(True, "upload the adapters as artifacts")
+    enabled: bool = setting(True, "log to MLflow at all")
+    offline: bool = setting(False, "run while the tracking server is unreachable")
 
 
-@dataclass(frozen=True)
-class MethodSection:
+# --------------------------------------------------------------------------- the method section
+class _MethodSectionBase(Settings):
     """The ``method`` section: which method runs, and the settings of each method.
 
-    ``method.name`` selects the method; its settings are ``method.<name>`` (a
-    mapping validated by that method's config class, e.g. ``InfLoRAConfig``).
-    Settings of other methods may sit beside it (``method.sd_lora``), so that one
-    config describes a whole comparison and ``--set method.name=…`` or
-    ``--methods`` switch between them. As a shorthand, the selected method's
-    settings may also be written flat (``method: {name: inflora, lamb: 0.95}``);
-    flat keys override those of ``method.<name>``.
-
-    Args:
-        name: a registered method.
-        settings: validated settings per method name; the selected one is always present.
+    ``method.name`` selects the method; its settings are ``method.<name>`` (that
+    method's config model). Settings of other methods may sit beside it
+    (``method.sd_lora``), so that one config describes a whole comparison and
+    ``--set method.name=…`` or ``--methods`` switch between them. As a shorthand,
+    the selected method's settings may also be written flat
+    (``method: {name: inflora, lamb: 0.95}``); flat keys override those of
+    ``method.<name>``. The fields are built from the method registry.
     """
 
-    name: str = "inflora"
-    settings: dict[str, MethodConfig] = field(default_factory=dict)
+    name: str = setting("inflora", "a registered method")
 
-    def __post_init__(self) -> None:
-        if self.name not in available_methods():
-            raise ValueError(f"method.name: unknown method {self.name!r}; known methods: {available_methods()}")
-        if self.name not in self.settings:
-            self.settings[self.name] = method_config_class(self.name)()
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_flat_keys(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        methods = set(available_methods())
+        name = data.get("name", "inflora")
+        flat = {k: v for k, v in data.items() if k != "name" and k not in methods}
+        if not flat or name not in methods:
+            return data
+        nested = data.get(name)
+        if isinstance(nested, BaseModel):
+            nested = _fields(nested)
+        if nested is not None and not isinstance(nested, Mapping):
+            return data  # reported as method.<name> not being a mapping
+        out = {k: v for k, v in data.items() if k in methods or k == "name"}
+        out[name] = {**(nested or {}), **flat}
+        return out
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        if name not in available_methods():
+            raise ValueError(f"unknown method {name!r}; known methods: {available_methods()}")
+        return name
+
+    @model_validator(mode="after")
+    def _selected_present(self) -> "_MethodSectionBase":
+        if getattr(self, self.name) is None:  # the selected method runs with its defaults
+            object.__setattr__(self, self.name, method_config_class(self.name)())
+        return self
+
+    @model_serializer(mode="wrap")
+    def _only_given(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        return {k: v for k, v in data.items() if k == "name" or v is not None}
 
     @property
     def config(self) -> MethodConfig:
         """The selected method's settings."""
-        return self.settings[self.name]
+        return getattr(self, self.name)
+
+    @property
+    def settings(self) -> dict[str, MethodConfig]:
+        """The settings given per method name (the selected one always)."""
+        return {m: getattr(self, m) for m in available_methods() if getattr(self, m) is not None}
 
     def select(self, name: str) -> "MethodSection":
         """The same settings with method ``name`` selected (its defaults if it has none)."""
-        return MethodSection(name, dict(self.settings))
+        return type(self).model_validate({**_fields(self), "name": name})
+
+    def result_view(self) -> dict[str, Any]:
+        """Only the selected method's settings change results."""
+        return {"name": self.name, self.name: result_payload(self.config)}
 
 
-@dataclass(frozen=True)
-class RunConfig:
+def _method_section() -> type[_MethodSectionBase]:
+    """The ``method`` section model: a field per registered method, selected by ``name``."""
+    fields: dict[str, Any] = {
+        m: (method_config_class(m) | None, setting(None, f"settings of method {m!r}")) for m in available_methods()
+    }
+    return create_model("MethodSection", __base__=_MethodSectionBase, **fields)
+
+
+MethodSection = _method_section()
+
+
+class RunConfig(Settings):
     """A task-sequence run, minus its seed (a run is config + seed)."""
 
-    name: str = "run"
-    seeds: list[int] = field(default_factory=lambda: [0])
-    output_dir: str = "runs"
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    lora: LoRASpec = field(default_factory=LoRASpec)
-    method: MethodSection = field(default_factory=MethodSection)
-    train: TrainSpec = field(default_factory=TrainSpec)
-    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    name: str = setting("run", "name of the run (its directory)", affects_result=False)
+    seeds: list[int] = setting([0], "seeds to run", affects_result=False)
+    output_dir: str = setting("runs", "where run directories go", affects_result=False)
+    backbone: BackboneConfig = setting(BackboneConfig(), "which ViT and which weights")
+    data: DataConfig = setting(DataConfig(), "the task sequence")
+    method: MethodSection = setting(MethodSection(), "which method, and the settings of each")
+    train: TrainSpec = setting(TrainSpec(), "how a session trains")
+    resources: ResourcesConfig = setting(ResourcesConfig(), "what each stage asks the scheduler for", affects_result=False)
+    tracking: TrackingConfig = setting(TrackingConfig(), "MLflow settings", affects_result=False)
 
-    def __post_init__(self) -> None:
-        if not self.name or "/" in self.name:
-            raise ValueError(f"name must be a non-empty name without '/', got {self.name!r}")
-        if not self.seeds:
-            raise ValueError("seeds must list at least one seed")
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "lora" in data:
+            method = data.get("method") if isinstance(data.get("method"), Mapping) else {}
+            name = method.get("name", "inflora") if isinstance(method, Mapping) else "inflora"
+            keys = sorted(data["lora"]) if isinstance(data["lora"], Mapping) else ["rank"]
+            if name in available_methods() and not issubclass(method_config_class(name), LoRAConfig):
+                raise ValueError(f"the lora section is gone: method {name!r} has no LoRA settings; drop lora ({', '.join(keys)})")
+            raise ValueError(
+                f"the lora section is gone: LoRA settings belong to the method; write "
+                f"{', '.join(f'method.{name}.{k}' for k in keys)} instead of {', '.join(f'lora.{k}' for k in keys)}"
+            )
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if not name or "/" in name:
+            raise ValueError(f"must be a non-empty name without '/', got {name!r}")
+        return name
+
+    @field_validator("seeds")
+    @classmethod
+    def _some_seeds(cls, seeds: list[int]) -> list[int]:
+        if not seeds:
+            raise ValueError("must list at least one seed")
+        return seeds
 
     def with_method(self, name: str) -> "RunConfig":
         """This config with method ``name`` selected."""
-        return dataclasses.replace(self, method=self.method.select(name))
+        return updated(self, {"method.name": name})
+
+    @property
+    def result_json(self) -> str:
+        """Canonical JSON of everything that changes results (the fields marked ``affects_result``)."""
+        return json.dumps(result_payload(self), sort_keys=True)
 
     def result_key(self) -> str:
         """Hash of everything that changes results (not seeds, paths, resources, tracking,
         nor the settings of methods that are not selected)."""
-        payload = config_to_dict(self)
-        for key in ("seeds", "output_dir", "resources", "tracking", "name"):
-            payload.pop(key)
-        payload["data"].pop("num_workers")
-        payload["method"] = {"name": self.method.name, self.method.name: payload["method"][self.method.name]}
-        if self.backbone.checkpoint or self.backbone.pretrained:  # loaded weights: the seed changes nothing
-            payload["backbone"].pop("init_seed")
-        blob = json.dumps(payload, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:8]
+        return hashlib.sha256(self.result_json.encode()).hexdigest()[:8]
+
+
+# --------------------------------------------------------------------------- errors
+_PHRASES = {
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "finite_number": "must be a finite number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "string_type": "must be a string",
+    "list_type": "must be a list",
+    "tuple_type": "must be a list",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+}
+_BOUNDS = {"greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"), "less_than": ("<", "lt"), "less_than_equal": ("<=", "le")}
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the section at ``loc`` (for the list of allowed keys)."""
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        inner = [a for a in getattr(field.annotation, "__args__", (field.annotation,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not inner:
+            return []
+        model = inner[0]
+    return sorted(model.model_fields)
+
+
+def error_line(exc: ValidationError, root: type[BaseModel], prefix: str = "") -> str:
+    """One line for a :class:`ValidationError`: the key from the error's location, and what is allowed."""
+    errors = exc.errors(include_url=False)
+    base = tuple(prefix.split(".")) if prefix else ()
+    extra = [e for e in errors if e["type"] == "extra_forbidden"]
+    if extra:
+        parent = extra[0]["loc"][:-1]
+        keys = [".".join(map(str, base + e["loc"])) for e in extra if e["loc"][:-1] == parent]
+        where = f"section {'.'.join(map(str, base + parent))}" if base + parent else "the top level"
+        return f"unknown config key(s) {', '.join(keys)} in {where}; allowed: {_fields_at(root, parent)}"
+    e = errors[0]
+    key = ".".join(str(p) for p in base + e["loc"])
+    got = f", got {e['input']!r}"
+    if e["type"] in ("value_error", "assertion_error"):
+        msg = str(e["ctx"]["error"])
+    elif e["type"] in _BOUNDS:
+        op, name = _BOUNDS[e["type"]]
+        limit = e["ctx"][name]
+        msg = f"must be {op} {limit:g}{got}" if isinstance(limit, float) else f"must be {op} {limit}{got}"
+    elif e["type"] == "literal_error":
+        msg = f"must be one of {e['ctx']['expected']}{got}"
+    elif e["type"] in _PHRASES:
+        msg = _PHRASES[e["type"]] + got
+    else:
+        msg = e["msg"]
+    if not key or msg.startswith(key):
+        return msg
+    return f"{key} {msg}" if msg.startswith("must") else f"{key}: {msg}"
+
+
+def validate_section(cls: type[BaseModel], data: Any, prefix: str = "") -> Any:
+    """Validate ``data`` into ``cls``; a :class:`ConfigError` naming the key (under ``prefix``) otherwise."""
+    if data is None:
+        data = {}
+    if not isinstance(data, (Mapping, BaseModel)):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(error_line(exc, cls, prefix)) from None
 
 
 # --------------------------------------------------------------------------- loading
@@ -334,137 +377,6 @@ _PATH_KEYS = {
     ("data", "split_file_test"),
     ("output_dir",),
 }
-
-
-def _is_dataclass_type(tp: Any) -> bool:
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
-
-
-def _optional_inner(tp: Any) -> Any:
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    return args[0] if len(args) == 1 else None
-
-
-def _check_scalar(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in typing.get_args(tp):
-            return None
-        errors = []
-        for option in typing.get_args(tp):
-            if option is type(None):
-                continue
-            try:
-                return _check_scalar(value, option, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(f"{key}: {value!r} does not fit {tp}")
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            # YAML reads 5e-4 as a string (no dot): accept numeric strings.
-            if isinstance(value, str):
-                try:
-                    return float(value)
-                except ValueError:
-                    pass
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        (inner,) = typing.get_args(tp) or (Any,)
-        return [_check_scalar(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key} must be a mapping, got {value!r}")
-        return dict(value)
-    return value
-
-
-def _build_method(data: Any, prefix: str) -> MethodSection:
-    """The ``method`` section: ``name``, the selected method's settings (nested or flat), others nested."""
-    if data is None:
-        data = {}
-    where = prefix.rstrip(".")
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where} must be a mapping, got {data!r}")
-    name = data.get("name", MethodSection.name)
-    if not isinstance(name, str) or name not in available_methods():
-        raise ConfigError(f"{where}.name: unknown method {name!r}; known methods: {available_methods()}")
-    known = set(available_methods())
-    flat = {k: v for k, v in data.items() if k != "name" and k not in known}
-    nested = data.get(name)
-    if flat and nested is not None and not isinstance(nested, Mapping):
-        raise ConfigError(f"{where}.{name} must be a mapping, got {nested!r}")
-    allowed = sorted(f.name for f in dataclasses.fields(method_config_class(name)))
-    unknown = sorted(set(flat) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"unknown config key(s) {', '.join(f'{where}.{k}' for k in unknown)} for method {name!r}; its settings: {allowed} "
-            f"(settings of another method go under {where}.<method>; known methods: {available_methods()})"
-        )
-    settings: dict[str, MethodConfig] = {}
-    for method, section in data.items():
-        if method in known and not (method == name and flat):
-            settings[method] = _build(method_config_class(method), section, f"{where}.{method}.", section_name=f"{where}.{method}")
-    if flat:  # flat keys set (or override) the selected method's settings
-        settings[name] = _build(method_config_class(name), {**(nested or {}), **flat}, f"{where}.", section_name=where)
-    return MethodSection(name, settings)
-
-
-def _build(cls: type, data: Any, prefix: str, section_name: str | None = None) -> Any:
-    if cls is MethodSection:
-        return _build_method(data, prefix)
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        where = f"section {prefix.rstrip('.')}" if prefix else "the top level"
-        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)} in {where}; allowed: {sorted(names)}")
-    kwargs = {}
-    for name, value in data.items():
-        key = f"{prefix}{name}"
-        tp = hints[name]
-        inner = _optional_inner(tp) if typing.get_origin(tp) in (Union, types.UnionType) else None
-        if _is_dataclass_type(tp):
-            kwargs[name] = _build(tp, value, key + ".")
-        elif inner is not None and _is_dataclass_type(inner):
-            kwargs[name] = None if value is None else _build(inner, value, key + ".")
-        else:
-            kwargs[name] = _check_scalar(value, tp, key)
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as exc:
-        msg = str(exc)
-        if isinstance(cls, type) and issubclass(cls, MethodConfig) and section_name and section_name != cls.section:
-            msg = msg.replace(f"{cls.section}.", f"{section_name}.")  # method.lamb → method.inflora.lamb
-        if prefix and not msg.startswith(prefix.rstrip(".")) and prefix.rstrip(".") not in msg.split(" ")[0]:
-            msg = f"{prefix.rstrip('.')}: {msg}"
-        raise ConfigError(msg) from exc
-
-
-build_section = _build
-"""Validate a mapping into a config dataclass (``build_section(cls, data, "prefix.")``)."""
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -486,7 +398,7 @@ def config_from_dict(data: Mapping[str, Any], base_dir: str | os.PathLike[str] |
             raise ConfigError("give either seed or seeds, not both")
         plain["seeds"] = [plain.pop("seed")]
     plain = _resolve_paths(plain, Path(base_dir) if base_dir else Path.cwd())
-    return _build(RunConfig, plain, "")
+    return validate_section(RunConfig, plain)
 
 
 def read_yaml_mapping(path: str | os.PathLike[str], what: str = "config file") -> dict[str, Any]:
@@ -528,38 +440,42 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, MethodSection):
-        return {"name": value.name, **{k: _plain(v) for k, v in sorted(value.settings.items())}}
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def config_to_dict(cfg: Any) -> dict[str, Any]:
+def config_to_dict(cfg: BaseModel) -> dict[str, Any]:
     """Plain nested dict of a config (JSON/YAML-serialisable); ``method`` as ``{name, <method>: {...}}``."""
-    return json.loads(json.dumps(_plain(cfg), default=str))
+    return cfg.model_dump(mode="json")
+
+
+def _fields(model: BaseModel) -> dict[str, Any]:
+    """Field name → value, as held (no dump)."""
+    return {name: getattr(model, name) for name in type(model).model_fields}
+
+
+def _set(model: BaseModel | None, tree: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of ``model`` (as they are: no dump) with the values of ``tree`` put in at their keys."""
+    fields: dict[str, Any] = _fields(model) if model is not None else {}
+    for key, value in tree.items():
+        current = fields.get(key)
+        if isinstance(value, dict) and (current is None or isinstance(current, BaseModel)):
+            fields[key] = _set(current, value)
+        else:
+            fields[key] = value
+    return fields
 
 
 def updated(cfg: RunConfig, values: Mapping[str, Any]) -> RunConfig:
-    """``cfg`` with typed values set at dotted keys (``{"lora.rank": 8}``), validated again.
+    """``cfg`` with typed values set at dotted keys (``{"method.inflora.rank": 8}``), validated once.
 
-    The values are Python values (a sweep's sampled point), never strings to parse.
+    The values are Python values (a sweep's sampled point), never strings to parse;
+    untouched sections go in as they are.
     """
-    data = config_to_dict(cfg)
+    tree: dict[str, Any] = {}
     for key, value in values.items():
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[parts[-1]] = value
-    return config_from_dict(data)
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return validate_section(RunConfig, _set(cfg, tree))
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -3,7 +3,8 @@
 Everything that can be known from the config alone is checked here, so that a
 bad value is one line naming its key instead of a FAILED MLflow run and a stage
 traceback later: the backbone's shape (built on the ``meta`` device: no memory,
-no weights) against the LoRA rank, ``lora.blocks`` and ``data.image_size``; the
+no weights) against the method's settings bounded by its width (a LoRA rank),
+its LoRA blocks and ``data.image_size``; the
 checkpoint's tensor shapes against that architecture; the class count of the
 known data sets against ``data.num_tasks``; paths; seeds; and whether the
 tracking server answers (``tracking.offline`` lets a run start without it).
@@ -14,32 +15,40 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, RunConfig, config_to_dict, flatten
+from model.settings import WIDTH, searchable_fields
+
+from .config import BackboneConfig, ConfigError, RunConfig, flatten
 from .stages import RunSpec
 
-__all__ = ["preflight", "check_config", "resume_conflicts", "KNOWN_CLASS_COUNTS"]
+__all__ = ["preflight", "check_config", "resume_conflicts", "architecture", "KNOWN_CLASS_COUNTS"]
 
 _logger = logging.getLogger(__name__)
 
 KNOWN_CLASS_COUNTS = {"digits": 10, "mnist": 10, "cifar100": 100, "imagenet_r": 200, "domainnet": 345}
 """Classes of the data sets whose size is fixed (``image_folder`` depends on its files)."""
 
-_RESUME_IGNORED = ("seeds", "output_dir", "resources.", "tracking.", "data.num_workers")
-
 
 @functools.lru_cache(maxsize=8)
-def _architecture(name: str, overrides_json: str) -> dict[str, Any]:
-    """Shape facts of the timm model, built on the meta device, and its tensor shapes."""
+def architecture(backbone: BackboneConfig) -> dict[str, Any]:
+    """Shape facts of the timm model (``width``, ``depth``, ``img_size``, tensor ``shapes``), built
+    once per backbone on the meta device: no memory, no weights.
+
+    Raises:
+        ConfigError: ``backbone.overrides`` do not fit the model.
+    """
     import timm
     import torch
 
-    kwargs = {**json.loads(overrides_json), "num_classes": 0}
-    with torch.device("meta"):
-        model = timm.create_model(name, pretrained=False, **kwargs)
+    kwargs = {**backbone.overrides, "num_classes": 0}
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(backbone.name, pretrained=False, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"backbone.overrides {sorted(backbone.overrides)} do not fit {backbone.name!r}: {exc}") from None
     img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
     return {
         "width": int(getattr(model, "embed_dim", 0) or model.num_features),
@@ -84,23 +93,22 @@ def check_config(cfg: RunConfig) -> None:
 
 def _check_backbone(cfg: RunConfig) -> None:
     b = cfg.backbone
-    try:
-        arch = _architecture(b.name, json.dumps(b.overrides, sort_keys=True))
-    except TypeError as exc:
-        raise ConfigError(f"backbone.overrides {sorted(b.overrides)} do not fit {b.name!r}: {exc}") from None
+    arch = architecture(b)
     if arch["img_size"] is not None and arch["img_size"] != (cfg.data.image_size, cfg.data.image_size):
         raise ConfigError(
             f"data.image_size={cfg.data.image_size} differs from the backbone's img_size {arch['img_size'][0]} "
             f"({b.name}); set data.image_size: {arch['img_size'][0]} or backbone.overrides.img_size: {cfg.data.image_size}"
         )
-    if cfg.lora.rank > arch["width"]:
-        raise ConfigError(f"lora.rank={cfg.lora.rank} is larger than the backbone's width {arch['width']} ({b.name})")
-    blocks = cfg.lora.blocks
+    method, where = cfg.method.config, f"method.{cfg.method.name}"
+    for name, search in searchable_fields(type(method)).items():
+        if search.bound == WIDTH and getattr(method, name) > arch["width"]:
+            raise ConfigError(f"{where}.{name}={getattr(method, name)} is larger than the backbone's width {arch['width']} ({b.name})")
+    blocks = getattr(method, "blocks", None)
     depth = arch["depth"]
     if isinstance(blocks, int) and not isinstance(blocks, bool) and blocks > depth:
-        raise ConfigError(f"lora.blocks={blocks} is more than the backbone's {depth} blocks")
+        raise ConfigError(f"{where}.blocks={blocks} is more than the backbone's {depth} blocks")
     if isinstance(blocks, list) and any(not 0 <= i < depth for i in blocks):
-        raise ConfigError(f"lora.blocks={blocks} holds indices outside 0..{depth - 1} (the backbone has {depth} blocks)")
+        raise ConfigError(f"{where}.blocks={blocks} holds indices outside 0..{depth - 1} (the backbone has {depth} blocks)")
     if b.checkpoint is not None and Path(b.checkpoint).is_file():
         shapes = _checkpoint_shapes(Path(b.checkpoint))
         if shapes is not None:
@@ -115,21 +123,19 @@ def _check_backbone(cfg: RunConfig) -> None:
                 )
 
 
-def resume_conflicts(recorded: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
-    """Config keys whose values differ between a run directory's config and the one asked for
-    (seeds, paths, resources and tracking may differ)."""
-    a, b = flatten(recorded), flatten(requested)
-    keys = sorted(set(a) | set(b))
-    return [k for k in keys if not k.startswith(_RESUME_IGNORED) and a.get(k) != b.get(k)]
+def resume_conflicts(recorded: RunConfig, requested: RunConfig) -> list[str]:
+    """Config keys whose values differ between a run directory's config and the one asked for,
+    among the settings that change results (``affects_result``: not seeds, paths, resources, tracking)."""
+    a, b = flatten(json.loads(recorded.result_json)), flatten(json.loads(requested.result_json))
+    return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
 def check_resume(specs: Sequence[RunSpec], requested: RunConfig) -> None:
     """A ``--resume`` given together with a config or ``--set`` must not change the run."""
-    want = config_to_dict(requested)
     for spec in specs:
-        differ = resume_conflicts(config_to_dict(spec.config), want)
+        differ = resume_conflicts(spec.config, requested)
         if differ:
-            have, ask = flatten(config_to_dict(spec.config)), flatten(want)
+            have, ask = flatten(json.loads(spec.config.result_json)), flatten(json.loads(requested.result_json))
             shown = ", ".join(f"{k} ({have.get(k)!r} in the run, {ask.get(k)!r} asked)" for k in differ[:6])
             raise ConfigError(
                 f"--resume {spec.run_dir}: the run was made with another config: {shown}; "
@@ -145,12 +151,8 @@ def preflight(specs: Sequence[RunSpec]) -> None:
     for spec in specs:
         if spec.seed < 0:
             raise ConfigError(f"seeds must be non-negative integers, got {spec.seed}")
-    checked: set[str] = set()
-    for spec in specs:
-        key = json.dumps(config_to_dict(spec.config), sort_keys=True)
-        if key not in checked:
-            checked.add(key)
-            check_config(spec.config)
+    for config in dict.fromkeys(spec.config for spec in specs):  # each distinct config once
+        check_config(config)
     uris = {resolve_tracking_uri(s.config.tracking) for s in specs if s.config.tracking.enabled and not s.config.tracking.offline}
     for uri in uris:
         reason = probe_tracking_uri(uri)

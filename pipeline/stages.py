@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -31,15 +30,15 @@ from typing import Any
 
 import torch
 
-from model.backbone import create_backbone
 from model.evaluation import peak_memory_mb, reset_peak_memory
 from model.methods import ContinualMethod, Step, StepResult, create_method, head_name
 from model.methods.context import derived_seed
 from model.net import ContinualViT
 
-from .backbone_check import check_backbone_hash
+from .backbone_check import cached_backbone, check_backbone_hash
 from .config import RunConfig, config_to_dict
 from .data import DataSource, Split, load_dataset, make_loader, make_split
+from .data.config import DataConfig
 from .nodes import current_node_id
 from .state import RunDir, RunStateError, StageKey
 
@@ -81,7 +80,7 @@ def _generator(seed: int, session: int, purpose: str) -> torch.Generator:
 
 def method_of(cfg: RunConfig) -> ContinualMethod:
     """The method a config selects, with its settings."""
-    return create_method(cfg.method.name, cfg.method.config, cfg.lora)
+    return create_method(cfg.method.name, cfg.method.config)
 
 
 def read_result(run_dir: RunDir, key: StageKey) -> StepResult:
@@ -123,26 +122,16 @@ def stage_dependencies(method: ContinualMethod, key: StageKey) -> list[StageKey]
 
 
 # ------------------------------------------------------------------ per-process caches
+# Sections hash (and compare) by their canonical JSON, so they key these caches directly.
 @functools.lru_cache(maxsize=4)
-def _cached_source(data_json: str, backbone_name: str) -> DataSource:
-    from .config import DataConfig
+def _cached_source(data: DataConfig, backbone_name: str) -> DataSource:
     from .data.transforms import resolve_normalization
 
-    data = DataConfig(**json.loads(data_json))
     return load_dataset(data, resolve_normalization(data.normalization, backbone_name))
 
 
-@functools.lru_cache(maxsize=2)
-def _cached_backbone(backbone_json: str) -> torch.nn.Module:
-    b = json.loads(backbone_json)
-    return create_backbone(
-        b["name"], pretrained=b["pretrained"], checkpoint=b["checkpoint"], overrides=b["overrides"],
-        reset_final_norm=b.get("reset_final_norm", False), init_seed=b.get("init_seed", 0),
-    )
-
-
 def _load_source(cfg: RunConfig) -> DataSource:
-    return _cached_source(json.dumps(config_to_dict(cfg.data), sort_keys=True), cfg.backbone.name)
+    return _cached_source(cfg.data, cfg.backbone.name)
 
 
 # ------------------------------------------------------------------ the step context
@@ -278,9 +267,9 @@ class StageContext:
 
     # -------------------------------------------------------------- network
     def build_net(self, sessions_done: int) -> ContinualViT:
-        backbone_json = json.dumps(config_to_dict(self.cfg.backbone), sort_keys=True)
-        check_backbone_hash(self.run_dir, self.cfg.backbone, _cached_backbone(backbone_json))  # the run's own backbone
-        net = self.method.build_net(copy.deepcopy(_cached_backbone(backbone_json)))
+        backbone = cached_backbone(self.cfg.backbone)
+        check_backbone_hash(self.run_dir, self.cfg.backbone, backbone)  # the run's own backbone
+        net = self.method.build_net(copy.deepcopy(backbone))
         self.method.restore(net, self, sessions_done)
         net.freeze_all()
         return net.to(self.device)

@@ -23,20 +23,22 @@ import copy
 import importlib.util
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import field_validator
 
+from model.settings import Settings, setting
 from pipeline.config import (
     ConfigError,
     RunConfig,
-    build_section,
-    read_yaml_mapping,
     apply_overrides,
     config_from_dict,
     config_to_dict,
+    read_yaml_mapping,
     updated,
+    validate_section,
 )
 
 from .space import SearchSpace
@@ -67,8 +69,7 @@ SAMPLERS: dict[str, tuple[str, str | None]] = {
 SCHEDULERS = ("asha", "fifo")
 
 
-@dataclass(frozen=True)
-class SamplerConfig:
+class SamplerConfig(Settings):
     """The Optuna sampler that proposes configurations.
 
     Args:
@@ -77,16 +78,17 @@ class SamplerConfig:
         options: keyword arguments of the sampler class (``n_startup_trials``…).
     """
 
-    name: str = "tpe"
-    seed: int | None = 0
-    options: dict[str, Any] = field(default_factory=dict)
+    name: Literal["tpe", "random", "gp", "qmc", "cmaes"] = setting("tpe", "the Optuna sampler")
+    seed: int | None = setting(0, "seed of the sampler (null: nondeterministic)")
+    options: dict[str, Any] = setting({}, "keyword arguments of the sampler class")
 
-    def __post_init__(self) -> None:
-        if self.name not in SAMPLERS:
-            raise ValueError(f"sweep.sampler.name must be one of {sorted(SAMPLERS)}, got {self.name!r}")
-        needs = SAMPLERS[self.name][1]
+    @field_validator("name")
+    @classmethod
+    def _installed(cls, name: str) -> str:
+        needs = SAMPLERS[name][1]
         if needs and importlib.util.find_spec(needs) is None:
-            raise ValueError(f"sweep.sampler.name {self.name!r} needs the {needs!r} package: pip install {needs}")
+            raise ValueError(f"{name!r} needs the {needs!r} package: pip install {needs}")
+        return name
 
     def create(self):
         """The ``optuna.samplers`` instance."""
@@ -99,8 +101,7 @@ class SamplerConfig:
             raise ConfigError(f"sweep.sampler.options: {exc}") from exc
 
 
-@dataclass(frozen=True)
-class SchedulerConfig:
+class SchedulerConfig(Settings):
     """The Ray Tune trial scheduler.
 
     Args:
@@ -112,21 +113,12 @@ class SchedulerConfig:
         reduction_factor: ASHA keeps the best 1/``reduction_factor`` at each rung.
     """
 
-    name: str = "asha"
-    grace_period: int = 2
-    reduction_factor: float = 2.0
-
-    def __post_init__(self) -> None:
-        if self.name not in SCHEDULERS:
-            raise ValueError(f"sweep.scheduler.name must be one of {list(SCHEDULERS)}, got {self.name!r}")
-        if self.grace_period < 1:
-            raise ValueError(f"sweep.scheduler.grace_period must be >= 1 task, got {self.grace_period}")
-        if not self.reduction_factor > 1:
-            raise ValueError(f"sweep.scheduler.reduction_factor must be > 1, got {self.reduction_factor}")
+    name: Literal["asha", "fifo"] = setting("asha", "the Ray Tune trial scheduler")
+    grace_period: int = setting(2, "tasks every trial runs before ASHA may stop it", ge=1)
+    reduction_factor: float = setting(2.0, "ASHA keeps the best 1/reduction_factor at each rung", gt=1.0)
 
 
-@dataclass(frozen=True)
-class TrialResources:
+class TrialResources(Settings):
     """What one trial reserves on the Ray cluster (its stages run inside it).
 
     Args:
@@ -134,20 +126,18 @@ class TrialResources:
         gpu: GPUs; a fraction (0.5) lets trials share a GPU.
     """
 
-    cpu: float = 1.0
-    gpu: float = 0.0
+    cpu: float = setting(1.0, "CPUs of a trial", gt=0.0)
+    gpu: float = setting(0.0, "GPUs of a trial; a fraction lets trials share a GPU", ge=0.0)
 
-    def __post_init__(self) -> None:
-        if not self.cpu > 0:
-            raise ValueError(f"sweep.resources_per_trial.cpu must be > 0, got {self.cpu}")
-        if self.gpu < 0:
-            raise ValueError(f"sweep.resources_per_trial.gpu must be >= 0, got {self.gpu}")
-        if self.gpu > 1 and self.gpu != int(self.gpu):
-            raise ValueError(f"sweep.resources_per_trial.gpu above 1 must be a whole number, got {self.gpu}")
+    @field_validator("gpu")
+    @classmethod
+    def _whole_above_one(cls, gpu: float) -> float:
+        if gpu > 1 and gpu != int(gpu):
+            raise ValueError(f"must be a whole number when above 1, got {gpu}")
+        return gpu
 
 
-@dataclass(frozen=True)
-class SweepConfig:
+class SweepConfig(Settings):
     """The ``sweep:`` section.
 
     Args:
@@ -171,34 +161,41 @@ class SweepConfig:
             the torch import and data loading per trial).
     """
 
-    name: str = "sweep"
-    space: dict[str, Any] = field(default_factory=dict)
-    dir: str = "runs/sweeps"
-    num_samples: int = 8
-    max_concurrent: int = 2
-    seeds: list[int] | None = None
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    storage: str | None = None
-    study_name: str | None = None
-    resources_per_trial: TrialResources = field(default_factory=TrialResources)
-    max_failures: int = 1
-    enqueue: list[dict[str, Any]] = field(default_factory=list)
-    reuse_actors: bool = True
+    name: str = setting("sweep", "the sweep's name: its directory, MLflow parent run and Optuna study")
+    space: dict[str, Any] = setting({}, "parameter name -> range (see sweeps.space)")
+    dir: str = setting("runs/sweeps", "where sweeps live (Ray Tune's storage_path)")
+    num_samples: int = setting(8, "configurations to try", ge=1)
+    max_concurrent: int = setting(2, "trials running at once", ge=1)
+    seeds: list[int] | None = setting(None, "seeds every configuration runs (default: the run config's)")
+    sampler: SamplerConfig = setting(SamplerConfig(), "the Optuna sampler")
+    scheduler: SchedulerConfig = setting(SchedulerConfig(), "the Ray Tune scheduler")
+    storage: str | None = setting(None, "SQLAlchemy URL of the Optuna study")
+    study_name: str | None = setting(None, "Optuna study name (default: name)")
+    resources_per_trial: TrialResources = setting(TrialResources(), "what one trial reserves")
+    max_failures: int = setting(1, "retries of a trial whose worker failed", ge=0)
+    enqueue: list[dict[str, Any]] = setting([], "configurations to evaluate first")
+    reuse_actors: bool = setting(True, "run consecutive trials in the same worker process")
 
-    def __post_init__(self) -> None:
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            raise ValueError(f"sweep.name must be a non-empty name without '/', got {self.name!r}")
-        if "://" in self.dir:
-            raise ValueError(f"sweep.dir must be a filesystem path (trials write run directories there), got {self.dir!r}")
-        if self.num_samples < 1:
-            raise ValueError(f"sweep.num_samples must be >= 1, got {self.num_samples}")
-        if self.max_concurrent < 1:
-            raise ValueError(f"sweep.max_concurrent must be >= 1, got {self.max_concurrent}")
-        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
-            raise ValueError(f"sweep.seeds must list distinct seeds, got {self.seeds}")
-        if self.max_failures < 0:
-            raise ValueError(f"sweep.max_failures must be >= 0, got {self.max_failures}")
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"must be a non-empty name without '/', got {name!r}")
+        return name
+
+    @field_validator("dir")
+    @classmethod
+    def _filesystem(cls, path: str) -> str:
+        if "://" in path:
+            raise ValueError(f"must be a filesystem path (trials write run directories there), got {path!r}")
+        return path
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
+            raise ValueError(f"must list distinct seeds, got {seeds}")
+        return seeds
 
 
 @dataclass(frozen=True)
@@ -257,19 +254,19 @@ class Sweep:
         trial ids across ``Tuner.restore``, so a resumed trial finds its finished stages.
         Its stages run inside the trial's worker with the trial's resources.
         """
-        data = config_to_dict(updated(self.base, self.space.updates(params)))
-        data["output_dir"] = str(self.trial_dir(trial_id))
-        data["seeds"] = self.seeds
         res = self.config.resources_per_trial
-        data["resources"].update(executor="local", cpus_per_stage=res.cpu, gpus_per_stage=res.gpu)
-        return config_from_dict(data)
+        return updated(self.base, {
+            **self.space.updates(params),
+            "output_dir": str(self.trial_dir(trial_id)),
+            "seeds": self.seeds,
+            "resources.executor": "local",
+            "resources.cpus_per_stage": res.cpu,
+            "resources.gpus_per_stage": res.gpu,
+        })  # fmt: skip
 
     def best_config(self, params: dict[str, Any], seeds: list[int]) -> RunConfig:
         """The base config with ``params``: what ``inflora run`` re-runs with other seeds."""
-        data = config_to_dict(updated(self.base, self.space.updates(params)))
-        data["name"] = f"{self.name}-best"
-        data["seeds"] = seeds
-        return config_from_dict(data)
+        return updated(self.base, {**self.space.updates(params), "name": f"{self.name}-best", "seeds": seeds})
 
 
 def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
@@ -298,7 +295,7 @@ def sweep_from_dict(data: Mapping[str, Any], base_dir: str | os.PathLike[str] | 
     if isinstance(section.get("dir"), str) and "://" not in section["dir"]:
         path = Path(os.path.expandvars(os.path.expanduser(section["dir"])))
         section["dir"] = str(path if path.is_absolute() else (Path(base_dir or Path.cwd()) / path).resolve())
-    cfg = build_section(SweepConfig, section, "sweep.")
+    cfg = validate_section(SweepConfig, section, "sweep")
     if not base.data.val_fraction > 0:
         raise ConfigError("data.val_fraction must be > 0 for a sweep: the objective is the accuracy on the validation split")
     space = SearchSpace.from_dict(cfg.space, base)

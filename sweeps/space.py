@@ -1,19 +1,19 @@
 """The search space of a sweep: which hyperparameters, over which ranges.
 
-Parameters are named by role and map to one key of the run config each. Three
-are shared by every method; the rest are declared by the method itself, as the
-fields of its config class that carry a search range
-(:meth:`model.methods.MethodConfig.searchable`), so ``inflora sweep`` works for
-every registered method without editing this module:
+Parameters are named by their field and map to one key of the run config each:
+the union of the searchable fields (``search=True``, :mod:`model.settings`) of the
+training settings and of the selected method's settings, each with the range of
+its own field constraints, so ``inflora sweep`` works for every registered method
+without editing this module, and a method without LoRA offers no rank:
 
 ==============  ==========================  ======  ====================================
 name            config key                  type    allowed values
 ==============  ==========================  ======  ====================================
-``rank``        ``lora.rank``               int     1 … the backbone's embedding dimension
 ``lr``          ``train.lr``                float   > 0 (usually on a log scale)
 ``epochs``      ``train.epochs``            int     >= 1
-``<field>``     ``method.<method>.<field>`` method  the method's declared range
-                                                    (InfLoRA: ``lamb``, ``lame`` in (0, 1])
+``<field>``     ``method.<method>.<field>`` method  the method's declared range (InfLoRA:
+                                                    ``rank`` 1 … the backbone's width,
+                                                    ``lamb``, ``lame`` in (0, 1])
 ==============  ==========================  ======  ====================================
 
 A parameter is a range ``{low: 1, high: 32}`` (bounds included; ``log: true``
@@ -29,10 +29,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from model.methods import Searchable, method_config_class
+from model.settings import WIDTH, Searchable, searchable_fields
+from model.training import TrainSpec
 from pipeline.config import ConfigError, RunConfig
+from pipeline.preflight import architecture
 
-__all__ = ["GENERIC_PARAMETERS", "ParamSpec", "SearchSpace", "embedding_dim", "parameters_for"]
+__all__ = ["ParamSpec", "SearchSpace", "embedding_dim", "parameters_for"]
 
 
 @dataclass(frozen=True)
@@ -41,11 +43,14 @@ class _Parameter:
 
     key: str
     search: Searchable
-    help: str = ""
 
     @property
     def kind(self) -> type:
         return self.search.kind
+
+    @property
+    def help(self) -> str:
+        return self.search.help
 
     def check(self, value: Any, where: str) -> Any:
         try:
@@ -53,27 +58,21 @@ class _Parameter:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
 
-    def domain(self) -> str:
-        return self.search.domain()
 
-
-GENERIC_PARAMETERS: dict[str, _Parameter] = {
-    "rank": _Parameter("lora.rank", Searchable(int, 1), "LoRA rank r (rows of each down-projection)"),
-    "lr": _Parameter("train.lr", Searchable(float, 0.0, low_open=True), "learning rate"),
-    "epochs": _Parameter("train.epochs", Searchable(int, 1), "epochs per task"),
-}
 _SPEC_KEYS = {"low", "high", "log", "step", "values"}
 
 
 def parameters_for(base: RunConfig) -> dict[str, _Parameter]:
-    """Every parameter a sweep over ``base`` may search: the shared ones and its method's."""
+    """Every parameter a sweep over ``base`` may search: the searchable training settings and
+    those of its method (a range bounded by the backbone's width is capped here)."""
     method = base.method.name
-    config_class = method_config_class(method)
-    params = dict(GENERIC_PARAMETERS)
-    for name, search in config_class.searchable().items():
+    params = {name: _Parameter(f"train.{name}", s) for name, s in searchable_fields(TrainSpec).items()}
+    for name, search in searchable_fields(type(base.method.config)).items():
         if name in params:
             raise ConfigError(f"method {method!r} declares a searchable setting {name!r} that clashes with {params[name].key}")
-        params[name] = _Parameter(f"method.{method}.{name}", search, config_class.help().get(name, ""))
+        if search.bound == WIDTH:
+            search = search.capped(embedding_dim(base))
+        params[name] = _Parameter(f"method.{method}.{name}", search)
     return params
 
 
@@ -98,7 +97,7 @@ class ParamSpec:
     values: tuple[Any, ...] | None = None
 
     key: str = ""
-    """The run-config key this parameter sets (``lora.rank``, ``method.inflora.lamb``)."""
+    """The run-config key this parameter sets (``method.inflora.rank``, ``train.lr``)."""
     kind: type = float
 
     @property
@@ -138,14 +137,8 @@ class ParamSpec:
 
 
 def embedding_dim(cfg: RunConfig) -> int:
-    """Embedding dimension of the run's backbone (``backbone.overrides.embed_dim`` or the built model's)."""
-    declared = cfg.backbone.overrides.get("embed_dim")
-    if declared is not None:
-        return int(declared)
-    from model.backbone import create_backbone
-
-    model = create_backbone(cfg.backbone.name, pretrained=False, overrides=cfg.backbone.overrides)
-    return int(model.num_features)
+    """Embedding dimension of the run's backbone, from preflight's meta-device model (no weights)."""
+    return int(architecture(cfg.backbone)["width"])
 
 
 class SearchSpace:
@@ -187,9 +180,6 @@ class SearchSpace:
                 f"{prefix}: unknown parameter(s) {', '.join(map(str, unknown))} for method {base.method.name!r}; known: "
                 + ", ".join(f"{n} ({p.key}: {p.help})" for n, p in limits.items())
             )
-        if "rank" in data:
-            dim = embedding_dim(base)
-            limits["rank"] = _Parameter("lora.rank", Searchable(int, 1, dim), f"at most the embedding dimension {dim}")
         return cls([_parse_param(name, data[name], limits[name], f"{prefix}.{name}") for name in data])
 
     def check_point(self, point: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -211,7 +201,7 @@ class SearchSpace:
         return {p.name: p.distribution() for p in self.params}
 
     def updates(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """``{"lora.rank": 8, …}``: the typed config updates of a point, for :func:`pipeline.config.updated`."""
+        """``{"method.inflora.rank": 8, …}``: the typed config updates of a point, for :func:`pipeline.config.updated`."""
         return {p.key: int(params[p.name]) if p.is_int else float(params[p.name]) for p in self.params}
 
     def describe(self) -> dict[str, str]:

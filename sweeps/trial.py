@@ -21,7 +21,6 @@ the Tune checkpoint only records how many tasks were already reported.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from model.methods import StepResult
+from pipeline.config import updated
 from pipeline.runner import execute, make_specs
 from pipeline.scheduler import LocalExecutor
 from pipeline.stages import RunSpec
@@ -138,7 +138,7 @@ def run_trial(params: dict[str, Any], sweep: Sweep) -> None:
     trial_id = tune.get_context().get_trial_id()
     cfg = sweep.trial_config(params, trial_id)
     # The driver logs every stage to MLflow from the run directories; the trial does not.
-    cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, enabled=False))
+    cfg = updated(cfg, {"tracking.enabled": False})
     reporter = TaskReporter(cfg.seeds, _report_with_checkpoint, already_reported=_reported_before(tune.get_checkpoint()))
     execute(make_specs(cfg), executor=SessionOrderExecutor(), progress=False, on_stage=reporter.on_stage)
 

@@ -27,8 +27,11 @@ def tiny_config_dict(tmp_path: Path, checkpoint: Path, **sections: Any) -> dict[
         "output_dir": str(tmp_path / "runs"),
         "backbone": {"name": "vit_tiny_patch16_224", "pretrained": False, "checkpoint": str(checkpoint), "overrides": dict(TINY_OVERRIDES)},
         "data": {"name": "digits", "num_tasks": 3, "image_size": 8, "val_fraction": 0.1},
-        "lora": {"rank": 2},
-        "method": {"name": "inflora", "inflora": {"lamb": 0.95}},
+        "method": {
+            "name": "inflora",
+            "inflora": {"lamb": 0.95, "rank": 2},
+            **{m: {"rank": 2} for m in ("inflora_ca", "sd_lora", "seq_lora", "joint")},  # every LoRA method: rank 2
+        },
         "train": {"optimizer": "adam", "lr": 1e-2, "epochs": 3, "batch_size": 64, "eval_batch_size": 256},
         "resources": {"cpus_per_stage": 1, "executor": "local"},
         "tracking": {"experiment": "tests", "uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},

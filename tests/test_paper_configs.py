@@ -145,7 +145,7 @@ def test_paper_config_matches_the_official_json(name):
     assert t.head_lr == (official["fc_lrate"] if code["head_lr"] else None)
     assert t.precision == "fp32"
     # LoRA, memory, method
-    assert cfg.lora.rank == official["rank"] and cfg.lora.blocks == code["blocks"]
+    assert cfg.method.config.rank == official["rank"] and cfg.method.config.blocks == code["blocks"]
     assert cfg.method.name == code["method"]
     m = cfg.method.config
     assert (m.lamb, m.lame, m.dual_memory) == (official["lamb"], official["lame"], code["dual"])
@@ -177,7 +177,7 @@ def test_sd_lora_configs_follow_the_official_code_on_the_inflora_protocol(name):
     t = cfg.train
     assert (t.optimizer, t.momentum, t.scheduler, t.weight_decay) == ("sgd", 0.9, "constant", 0.0)
     assert (t.lr, t.epochs, t.batch_size) == (official["lrate"], official["epochs"], official["batch_size"])
-    assert cfg.method.name == "sd_lora" and cfg.lora.rank == 10
+    assert cfg.method.name == "sd_lora" and cfg.method.config.rank == 10
     m = cfg.method.config
     assert (m.targets, m.magnitude_init, m.magnitude_carry) == (("q", "v"), 0.8, False)
     assert cfg.backbone.name == "vit_base_patch16_224.augreg2_in21k_ft_in1k"

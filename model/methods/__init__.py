@@ -5,7 +5,7 @@ steps, decorate it with :func:`register_method`, and import the module here."""
 from __future__ import annotations
 
 from .base import ContinualMethod, MemoryBank, Step, default_steps, head_name
-from .config import LoRASpec, MethodConfig, Searchable, setting
+from .config import LoRAConfig, MethodConfig, ScaledLoRAConfig, Searchable, setting
 from .context import StepContext
 from .registry import available_methods, create_method, get_method_class, method_config_class, register_method
 from .results import EvalRow, StepResult
@@ -16,9 +16,10 @@ from . import coda_prompt, dualprompt, frozen, inflora, inflora_ca, joint, l2p, 
 __all__ = [
     "ContinualMethod",
     "EvalRow",
-    "LoRASpec",
+    "LoRAConfig",
     "MemoryBank",
     "MethodConfig",
+    "ScaledLoRAConfig",
     "Searchable",
     "Step",
     "StepContext",

@@ -33,7 +33,7 @@ from ..evaluation import predict_with_tasks
 from ..net import ContinualViT
 from ..subspace import SubspaceMemory
 from ..training import TrainingHooks, make_optimizer, train_session
-from .config import LoRASpec, MethodConfig
+from .config import MethodConfig
 from .results import EvalRow, StepResult
 
 if TYPE_CHECKING:
@@ -84,7 +84,6 @@ class ContinualMethod(ABC):
 
     Args:
         config: the method's own settings (an instance of ``config_class``).
-        lora: branch settings, for the methods that add LoRA branches.
     """
 
     name: ClassVar[str]
@@ -94,11 +93,11 @@ class ContinualMethod(ABC):
     (``{"imagenet_r_10": {"paper_final": "75.65 ± 0.14", ...}}``), shown beside its rows by
     ``inflora report``; only figures checked against their source."""
 
-    def __init__(self, config: MethodConfig, lora: LoRASpec | None = None) -> None:
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        config = self.config_class() if config is None else config
         if not isinstance(config, self.config_class):
             raise TypeError(f"method {self.name!r} takes a {self.config_class.__name__}, got {type(config).__name__}")
         self.config = config
-        self.lora = lora or LoRASpec()
 
     # ------------------------------------------------------------ structure
     def sessions(self, num_tasks: int) -> list[list[int]]:
@@ -115,8 +114,8 @@ class ContinualMethod(ABC):
 
     # -------------------------------------------------------------- network
     def lora_blocks(self) -> Any:
-        """Blocks whose ``qkv`` get a LoRA wrapper (none for methods without branches)."""
-        return self.lora.blocks
+        """Blocks whose ``qkv`` get a LoRA wrapper: none, unless the method adds branches."""
+        return []
 
     def build_net(self, backbone: nn.Module) -> ContinualViT:
         """The method's network around a (fresh copy of the) backbone."""
@@ -125,11 +124,11 @@ class ContinualMethod(ABC):
     def restore(self, net: ContinualViT, ctx: "StepContext", sessions_done: int) -> None:
         """Load the state of sessions ``0 .. sessions_done - 1`` into ``net`` (later ones win)."""
         for s in range(sessions_done):
-            net.load_adapter_state(ctx.load("adapter", s), self.train_down)
+            self.load_trained_state(net, ctx.load("adapter", s))
 
-    @property
-    def train_down(self) -> bool:
-        return False
+    def load_trained_state(self, net: ContinualViT, state: dict[str, Tensor]) -> None:
+        """Load what :meth:`trained_state` saved (an ``adapter`` slot or a mid-step checkpoint)."""
+        net.load_adapter_state(state)
 
     def run_step(self, step: str, ctx: "StepContext") -> StepResult:
         fn = getattr(self, f"step_{step}", None)
@@ -176,7 +175,7 @@ class ContinualMethod(ABC):
         start_epoch = 0
         state = ctx.load_checkpoint()
         if state is not None:
-            net.load_adapter_state(state["adapter"], self.train_down)
+            self.load_trained_state(net, state["adapter"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             shuffle.set_state(state["shuffle_rng"])

@@ -26,13 +26,12 @@ see ``docs/prompt_methods.md``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..prompt_pools import CodaPromptPool
 from ..prompts import PromptedViT, PromptModule
-from .config import MethodConfig, Searchable, setting
-from .prompt_config import check_layers, check_positive_int, check_prefix_length
+from .config import MethodConfig, setting
+from .prompt_config import Layers, PrefixLength
 from .prompt_method import PromptMethod
 from .registry import register_method
 
@@ -42,24 +41,15 @@ if TYPE_CHECKING:
 __all__ = ["CodaPrompt", "CodaPromptConfig"]
 
 
-@dataclass(frozen=True)
 class CodaPromptConfig(MethodConfig):
-    """Settings of CODA-Prompt (``method.coda_prompt``); defaults are the official ones."""
+    """Settings of CODA-Prompt; defaults are the official ones."""
 
     pool_size: int = setting(
-        100, "prompt components in all, split evenly over the tasks; at most the embedding width (official 100)", Searchable(int, 1)
+        100, "prompt components in all, split evenly over the tasks; at most the embedding width (official 100)", search=True, ge=1
     )
-    length: int = setting(8, "tokens per component, half keys and half values (official 8)", Searchable(int, 2))
-    layers: list[int] = setting([0, 1, 2, 3, 4], "prompted blocks (official [0, 1, 2, 3, 4])")
-    ortho_mu: float = setting(0.0, "weight of the orthogonality penalty (official 0.0; InfLoRA never adds it)", Searchable(float, 0.0))
-
-    def __post_init__(self) -> None:
-        s = self.section
-        check_positive_int(self.pool_size, f"{s}.pool_size")
-        check_prefix_length(self.length, f"{s}.length")
-        check_layers(self.layers, f"{s}.layers")
-        if not self.ortho_mu >= 0:
-            raise ValueError(f"{s}.ortho_mu must be >= 0, got {self.ortho_mu}")
+    length: PrefixLength = setting(8, "tokens per component, half keys and half values (official 8)", search=True, ge=2)
+    layers: Layers = setting([0, 1, 2, 3, 4], "prompted blocks (official [0, 1, 2, 3, 4])")
+    ortho_mu: float = setting(0.0, "weight of the orthogonality penalty (official 0.0; InfLoRA never adds it)", search=True, ge=0.0)
 
 
 @register_method

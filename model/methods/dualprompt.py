@@ -28,13 +28,12 @@ see ``docs/prompt_methods.md``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..prompt_pools import DualPromptPool
 from ..prompts import PromptedViT, PromptModule
-from .config import MethodConfig, Searchable, setting
-from .prompt_config import check_layers, check_positive_int, check_prefix_length
+from .config import MethodConfig, setting
+from .prompt_config import Layers, OptionalLayers, PrefixLength
 from .prompt_method import PromptMethod
 from .registry import register_method
 
@@ -44,26 +43,15 @@ if TYPE_CHECKING:
 __all__ = ["DualPrompt", "DualPromptConfig"]
 
 
-@dataclass(frozen=True)
 class DualPromptConfig(MethodConfig):
-    """Settings of DualPrompt (``method.dualprompt``); defaults are the official ones."""
+    """Settings of DualPrompt; defaults are the official ones."""
 
-    pool_size: int = setting(10, "E-prompts (official 10 = the number of tasks; at least the number of tasks)", Searchable(int, 1))
-    length: int = setting(20, "tokens per E-prompt, half keys and half values (official 20)", Searchable(int, 2))
-    g_length: int = setting(6, "tokens per G-prompt, half keys and half values (official 6)", Searchable(int, 2))
-    g_layers: list[int] = setting([0, 1], "blocks with G-prompts (official [0, 1])")
-    e_layers: list[int] = setting([2, 3, 4], "blocks with E-prompts (official [2, 3, 4])")
-    pull_weight: float = setting(1.0, "weight of the task-key loss (official 1)", Searchable(float, 0.0))
-
-    def __post_init__(self) -> None:
-        s = self.section
-        check_positive_int(self.pool_size, f"{s}.pool_size")
-        check_prefix_length(self.length, f"{s}.length")
-        check_prefix_length(self.g_length, f"{s}.g_length")
-        check_layers(self.g_layers, f"{s}.g_layers", allow_empty=True)
-        check_layers(self.e_layers, f"{s}.e_layers")
-        if not self.pull_weight >= 0:
-            raise ValueError(f"{s}.pull_weight must be >= 0, got {self.pull_weight}")
+    pool_size: int = setting(10, "E-prompts (official 10 = the number of tasks; at least the number of tasks)", search=True, ge=1)
+    length: PrefixLength = setting(20, "tokens per E-prompt, half keys and half values (official 20)", search=True, ge=2)
+    g_length: PrefixLength = setting(6, "tokens per G-prompt, half keys and half values (official 6)", search=True, ge=2)
+    g_layers: OptionalLayers = setting([0, 1], "blocks with G-prompts (official [0, 1])")
+    e_layers: Layers = setting([2, 3, 4], "blocks with E-prompts (official [2, 3, 4])")
+    pull_weight: float = setting(1.0, "weight of the task-key loss (official 1)", search=True, ge=0.0)
 
 
 @register_method

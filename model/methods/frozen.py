@@ -9,7 +9,6 @@ of the PEFT continual-learning literature; no official InfLoRA counterpart).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
@@ -23,9 +22,8 @@ if TYPE_CHECKING:
     from .context import StepContext
 
 
-@dataclass(frozen=True)
 class FrozenConfig(MethodConfig):
-    """The frozen control has no settings of its own (``method.frozen``)."""
+    """The frozen control has no settings."""
 
 
 @register_method
@@ -34,9 +32,6 @@ class Frozen(ContinualMethod):
 
     name = "frozen"
     config_class = FrozenConfig
-
-    def lora_blocks(self) -> list[int]:
-        return []
 
     def begin_session(self, net: ContinualViT, ctx: "StepContext") -> list[nn.Parameter]:
         net.freeze_all()

@@ -14,16 +14,16 @@ up to the energy threshold ε_t.
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationInfo, field_validator
 from torch import Tensor
 
 from ..net import ContinualViT
 from ..subspace import SubspaceMemory, design_down_projection, memory_bank_from_state, memory_bank_state, threshold_schedule
 from ..training import collect_covariances
 from .base import MemoryBank, Step
-from .config import MethodConfig, Searchable, check_threshold, setting
+from .config import THRESHOLD, ScaledLoRAConfig, setting
 from .lora_family import LoRAMethod
 from .registry import register_method
 from .results import StepResult
@@ -34,20 +34,20 @@ if TYPE_CHECKING:
 __all__ = ["InfLoRA", "InfLoRAConfig"]
 
 
-@dataclass(frozen=True)
-class InfLoRAConfig(MethodConfig):
-    """Settings of InfLoRA (``method.inflora``)."""
+class InfLoRAConfig(ScaledLoRAConfig):
+    """Settings of InfLoRA: its LoRA branches and its memory."""
 
-    lamb: float = setting(0.95, "memory threshold after the first task (paper: 0.95 CIFAR-100, 0.98 ImageNet-R)",
-                          Searchable(float, 0.0, 1.0, low_open=True))
-    lame: float = setting(1.0, "threshold the schedule moves towards (paper: 1.0)", Searchable(float, 0.0, 1.0, low_open=True))
+    lamb: float = setting(0.95, "memory threshold after the first task (paper: 0.95 CIFAR-100, 0.98 ImageNet-R)", search=True, **THRESHOLD)
+    lame: float = setting(1.0, "threshold the schedule moves towards (paper: 1.0)", search=True, **THRESHOLD)
     dual_memory: bool = setting(True, "DualGPM (store the complement past d/2); false is plain GPM (b5 variant)")
 
-    def __post_init__(self) -> None:
-        check_threshold(self.lamb, f"{self.section}.lamb")
-        check_threshold(self.lame, f"{self.section}.lame")
-        if self.lame < self.lamb:
-            raise ValueError(f"{self.section}.lame ({self.lame}) must be >= {self.section}.lamb ({self.lamb}): the threshold schedule rises from lamb to lame")
+    @field_validator("lame")
+    @classmethod
+    def _rises(cls, lame: float, info: ValidationInfo) -> float:
+        lamb = info.data.get("lamb")
+        if lamb is not None and lame < lamb:
+            raise ValueError(f"must be >= lamb ({lamb}), got {lame}: the threshold schedule rises from lamb to lame")
+        return lame
 
 
 @register_method
@@ -83,8 +83,8 @@ class InfLoRA(LoRAMethod):
         downs, inside, free = {}, [], []
         for layer, cov in covs.items():
             layer_memory = memory.get(layer) if memory else None
-            rows = design_down_projection(cov, layer_memory, self.lora.rank)
-            downs[layer] = (rows * self.lora.down_scale).float()
+            rows = design_down_projection(cov, layer_memory, self.config.rank)
+            downs[layer] = (rows * self.config.down_scale).float()
             if layer_memory is not None:
                 inside.append(layer_memory.energy_captured(cov))
                 free.append(layer_memory.dim - layer_memory.rank)

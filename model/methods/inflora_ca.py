@@ -9,7 +9,6 @@ on, all heads are re-trained on sampled features (:mod:`model.alignment`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -29,27 +28,14 @@ if TYPE_CHECKING:
 __all__ = ["InfLoRACA", "InfLoRACAConfig"]
 
 
-@dataclass(frozen=True)
 class InfLoRACAConfig(InfLoRAConfig):
-    """Settings of InfLoRA+CA (``method.inflora_ca``); the reference's alignment defaults."""
+    """Settings of InfLoRA+CA; the reference's alignment defaults."""
 
     dual_memory: bool = setting(False, "the reference pairs CA with plain GPM (update_GPM)")
-    ca_epochs: int = setting(5, "epochs of head re-training on sampled features")
-    ca_lr: float = setting(0.01, "SGD learning rate of the alignment")
-    ca_samples_per_class: int = setting(256, "features sampled per class and epoch")
-    ca_logit_norm: float | None = setting(0.1, "per-task logit normalisation temperature (reference: none on CIFAR-100)")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        s = self.section
-        if self.ca_epochs < 1:
-            raise ValueError(f"{s}.ca_epochs must be >= 1, got {self.ca_epochs}")
-        if self.ca_samples_per_class < 2:
-            raise ValueError(f"{s}.ca_samples_per_class must be >= 2, got {self.ca_samples_per_class}")
-        if not self.ca_lr > 0:
-            raise ValueError(f"{s}.ca_lr must be > 0, got {self.ca_lr}")
-        if self.ca_logit_norm is not None and not self.ca_logit_norm > 0:
-            raise ValueError(f"{s}.ca_logit_norm must be > 0 or null, got {self.ca_logit_norm}")
+    ca_epochs: int = setting(5, "epochs of head re-training on sampled features", ge=1)
+    ca_lr: float = setting(0.01, "SGD learning rate of the alignment", gt=0)
+    ca_samples_per_class: int = setting(256, "features sampled per class and epoch", ge=2)
+    ca_logit_norm: float | None = setting(0.1, "per-task logit normalisation temperature (reference: none on CIFAR-100)", gt=0)
 
 
 @register_method

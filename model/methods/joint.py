@@ -8,7 +8,6 @@ forgetting is possible: this bounds what the sequential methods can reach.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from torch import Tensor
@@ -16,7 +15,7 @@ from torch import Tensor
 from ..net import ContinualViT
 from ..subspace import design_down_projection
 from ..training import collect_covariances
-from .config import MethodConfig
+from .config import ScaledLoRAConfig
 from .lora_family import LoRAMethod
 from .registry import register_method
 
@@ -24,9 +23,8 @@ if TYPE_CHECKING:
     from .context import StepContext
 
 
-@dataclass(frozen=True)
-class JointConfig(MethodConfig):
-    """Joint training has no settings of its own (``method.joint``)."""
+class JointConfig(ScaledLoRAConfig):
+    """Joint training has no settings besides its LoRA branch (the same budget as InfLoRA's)."""
 
 
 @register_method
@@ -35,6 +33,7 @@ class Joint(LoRAMethod):
 
     name = "joint"
     config_class = JointConfig
+    config: JointConfig
 
     def sessions(self, num_tasks: int) -> list[list[int]]:
         return [list(range(num_tasks))]
@@ -44,5 +43,5 @@ class Joint(LoRAMethod):
 
     def design(self, net: ContinualViT, ctx: "StepContext") -> tuple[dict[str, Tensor], dict[str, float]]:
         covs = collect_covariances(net, ctx.train_batches(None), ctx.device)
-        downs = {layer: (design_down_projection(cov, None, self.lora.rank) * self.lora.down_scale).float() for layer, cov in covs.items()}
+        downs = {layer: (design_down_projection(cov, None, self.config.rank) * self.config.down_scale).float() for layer, cov in covs.items()}
         return downs, {}

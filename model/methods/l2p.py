@@ -25,46 +25,39 @@ see ``docs/prompt_methods.md``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import model_validator
 
 from ..prompt_pools import L2PPool
 from ..prompts import PromptModule
-from .config import MethodConfig, Searchable, setting
-from .prompt_config import check_layers, check_positive_int, check_prefix_length
+from .config import MethodConfig, setting
+from .prompt_config import Layers
 from .prompt_method import PromptMethod
 from .registry import register_method
 
 __all__ = ["L2P", "L2PConfig"]
 
 
-@dataclass(frozen=True)
 class L2PConfig(MethodConfig):
-    """Settings of L2P (``method.l2p``); defaults are the official ones."""
+    """Settings of L2P; defaults are the official ones."""
 
-    pool_size: int = setting(30, "prompts in the pool, per prompted block (official 30)", Searchable(int, 1))
-    length: int = setting(20, "tokens per prompt; prefix style: half keys, half values (official 20)", Searchable(int, 2))
-    top_k: int = setting(5, "prompts chosen per sample by key cosine (official 5)", Searchable(int, 1))
-    layers: list[int] = setting([0], "prompted blocks (official shallow L2P: [0])")
-    style: str = setting("prefix", "'prefix' (InfLoRA/CODA-Prompt L2P++) or 'prompt' (original L2P input tokens)")
-    pull_weight: float = setting(1.0, "weight of the key-pull loss (official 1)", Searchable(float, 0.0))
+    pool_size: int = setting(30, "prompts in the pool, per prompted block (official 30)", search=True, ge=1)
+    length: int = setting(20, "tokens per prompt; prefix style: half keys, half values (official 20)", search=True, ge=2)
+    top_k: int = setting(5, "prompts chosen per sample by key cosine (official 5)", search=True, ge=1)
+    layers: Layers = setting([0], "prompted blocks (official shallow L2P: [0])")
+    style: Literal["prefix", "prompt"] = setting("prefix", "'prefix' (InfLoRA/CODA-Prompt L2P++) or 'prompt' (original L2P input tokens)")
+    pull_weight: float = setting(1.0, "weight of the key-pull loss (official 1)", search=True, ge=0.0)
 
-    def __post_init__(self) -> None:
-        s = self.section
-        check_positive_int(self.pool_size, f"{s}.pool_size")
-        check_positive_int(self.top_k, f"{s}.top_k")
-        check_layers(self.layers, f"{s}.layers")
-        if self.style not in ("prefix", "prompt"):
-            raise ValueError(f"{s}.style must be 'prefix' or 'prompt', got {self.style!r}")
-        if self.style == "prefix":
-            check_prefix_length(self.length, f"{s}.length")
-        else:
-            check_positive_int(self.length, f"{s}.length")
-            if list(self.layers) != [0]:
-                raise ValueError(f"{s}.layers must be [0] with style 'prompt' (tokens at the input), got {list(self.layers)}")
+    @model_validator(mode="after")
+    def _consistent(self) -> "L2PConfig":
+        if self.style == "prefix" and self.length % 2:
+            raise ValueError(f"length must be an even integer >= 2 with style 'prefix' (half keys, half values), got {self.length}")
+        if self.style == "prompt" and list(self.layers) != [0]:
+            raise ValueError(f"layers must be [0] with style 'prompt' (tokens at the input), got {list(self.layers)}")
         if self.top_k > self.pool_size:
-            raise ValueError(f"{s}.top_k ({self.top_k}) cannot exceed {s}.pool_size ({self.pool_size})")
-        if not self.pull_weight >= 0:
-            raise ValueError(f"{s}.pull_weight must be >= 0, got {self.pull_weight}")
+            raise ValueError(f"top_k ({self.top_k}) cannot exceed pool_size ({self.pool_size})")
+        return self
 
 
 @register_method

@@ -19,6 +19,7 @@ from ..lora import BranchChange
 from ..net import ContinualViT
 from ..training import probe_sq_norm
 from .base import ContinualMethod, Step, head_name
+from .config import BlocksSpec, ScaledLoRAConfig
 from .results import StepResult
 
 if TYPE_CHECKING:
@@ -31,6 +32,18 @@ class LoRAMethod(ContinualMethod):
     """A LoRA branch per session (or one shared branch) on ``targets`` of the wrapped ``qkv``."""
 
     targets: ClassVar[tuple[str, ...]] = ("k", "v")
+    config: ScaledLoRAConfig
+
+    def lora_blocks(self) -> BlocksSpec:
+        return self.config.blocks
+
+    @property
+    def train_down(self) -> bool:
+        """Whether the down-projection trains too (plain LoRA); InfLoRA keeps it frozen."""
+        return False
+
+    def load_trained_state(self, net: ContinualViT, state: dict[str, Tensor]) -> None:
+        net.load_adapter_state(state, self.train_down)
 
     @abstractmethod
     def branch_name(self, session: int) -> str:
@@ -74,9 +87,9 @@ class LoRAMethod(ContinualMethod):
         """Random orthonormal rows (scaled like a designed branch) for baselines."""
         downs = {}
         for name, layer in net.lora_layers.items():
-            gaussian = torch.randn(layer.in_features, self.lora.rank, generator=generator, dtype=torch.float64)
+            gaussian = torch.randn(layer.in_features, self.config.rank, generator=generator, dtype=torch.float64)
             q, _ = torch.linalg.qr(gaussian)
-            downs[name] = (q.T * self.lora.down_scale).float()
+            downs[name] = (q.T * self.config.down_scale).float()
         return downs
 
     def eval_metrics(self, net: ContinualViT, ctx: "StepContext") -> dict[str, float]:

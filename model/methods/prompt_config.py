@@ -1,26 +1,33 @@
-"""Checks shared by the prompt methods' settings (one clear line naming the key)."""
+"""Field types shared by the prompt methods' settings (pydantic checks with one clear message)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated
 
-__all__ = ["check_positive_int", "check_prefix_length", "check_layers"]
+from pydantic import AfterValidator
 
-
-def check_positive_int(value: Any, where: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{where} must be an integer >= 1, got {value!r}")
+__all__ = ["PrefixLength", "Layers", "OptionalLayers"]
 
 
-def check_prefix_length(value: Any, where: str) -> None:
+def _prefix_length(value: int) -> int:
     """A prefix prompt is split in half: keys, then values (official ``i = int(e_p_length/2)``)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 2 or value % 2:
-        raise ValueError(f"{where} must be an even integer >= 2 (half keys, half values), got {value!r}")
+    if value < 2 or value % 2:
+        raise ValueError(f"must be an even integer >= 2 (half keys, half values), got {value!r}")
+    return value
 
 
-def check_layers(value: Any, where: str, allow_empty: bool = False) -> None:
-    """Distinct non-negative block indices (checked against the depth when the network is built)."""
-    if not isinstance(value, (list, tuple)) or (not value and not allow_empty):
-        raise ValueError(f"{where} must be a {'' if allow_empty else 'non-empty '}list of block indices, got {value!r}")
-    if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in value) or len(set(value)) != len(value):
-        raise ValueError(f"{where} must hold distinct non-negative block indices, got {list(value)}")
+def _layers(allow_empty: bool):
+    def check(value: list[int]) -> list[int]:
+        """Distinct non-negative block indices (checked against the depth when the network is built)."""
+        if not value and not allow_empty:
+            raise ValueError(f"must be a non-empty list of block indices, got {value!r}")
+        if any(i < 0 for i in value) or len(set(value)) != len(value):
+            raise ValueError(f"must hold distinct non-negative block indices, got {list(value)}")
+        return value
+
+    return check
+
+
+PrefixLength = Annotated[int, AfterValidator(_prefix_length)]
+Layers = Annotated[list[int], AfterValidator(_layers(False))]
+OptionalLayers = Annotated[list[int], AfterValidator(_layers(True))]

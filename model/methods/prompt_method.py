@@ -59,9 +59,6 @@ class PromptMethod(ContinualMethod):
     """Whether the pool's parameters exist from the start (U[0, 1) draws redone from
     the run's seed in session 0); CODA-Prompt creates its components per task instead."""
 
-    def lora_blocks(self) -> list[int]:
-        return []
-
     @abstractmethod
     def make_prompts(self, embed_dim: int) -> PromptModule:
         """The method's prompt module for a backbone of width ``embed_dim``."""

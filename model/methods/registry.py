@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from .base import ContinualMethod
-    from .config import LoRASpec, MethodConfig
+    from .config import MethodConfig
 
 _REGISTRY: dict[str, type["ContinualMethod"]] = {}
 
@@ -38,7 +38,6 @@ def method_config_class(name: str) -> type["MethodConfig"]:
     return get_method_class(name).config_class
 
 
-def create_method(name: str, config: "MethodConfig | None" = None, lora: "LoRASpec | None" = None) -> "ContinualMethod":
+def create_method(name: str, config: "MethodConfig | None" = None) -> "ContinualMethod":
     """Instantiate method ``name`` with its settings (defaults when ``None``)."""
-    cls = get_method_class(name)
-    return cls(config if config is not None else cls.config_class(), lora)
+    return get_method_class(name)(config)

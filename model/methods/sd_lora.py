@@ -32,16 +32,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Annotated, ClassVar
 
 import torch
+from pydantic import BeforeValidator
 from torch import Tensor, nn
 
 from ..lora import LoRAQKV, check_targets
 from ..net import ContinualViT
 from .base import ContinualMethod, head_name
-from .config import MethodConfig, Searchable, setting
+from .config import BlocksSpec, LoRAConfig, setting
 from .registry import register_method
 
 if TYPE_CHECKING:
@@ -50,21 +50,15 @@ if TYPE_CHECKING:
 __all__ = ["SDLoRA", "SDLoRAConfig", "MagnitudeBranch", "SDLoRAViT"]
 
 
-@dataclass(frozen=True)
-class SDLoRAConfig(MethodConfig):
-    """Settings of SD-LoRA (``method.sd_lora``)."""
+Targets = Annotated[tuple[str, ...], BeforeValidator(lambda v: check_targets(list(v)) if isinstance(v, (list, tuple)) else v)]
 
-    targets: tuple[str, ...] = setting(("q", "v"), "rows of qkv the branches adapt (official: q and v)")
-    magnitude_init: float = setting(0.8, "initial magnitude of every branch (official 0.8)", Searchable(float, 0.0, low_open=True))
+
+class SDLoRAConfig(LoRAConfig):
+    """Settings of SD-LoRA: its branches (no designed down-projection, so no scale) and magnitudes."""
+
+    targets: Targets = setting(("q", "v"), "rows of qkv the branches adapt (official: q and v)")
+    magnitude_init: float = setting(0.8, "initial magnitude of every branch (official 0.8)", search=True, gt=0.0)
     magnitude_carry: bool = setting(False, "keep old magnitudes across tasks (official: they restart at magnitude_init)")
-
-    def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "targets", check_targets(list(self.targets)))
-        except ValueError as exc:
-            raise ValueError(f"{self.section}.targets: {exc}") from None
-        if not self.magnitude_init > 0:
-            raise ValueError(f"{self.section}.magnitude_init must be > 0, got {self.magnitude_init}")
 
 
 class MagnitudeBranch(nn.Module):
@@ -179,8 +173,11 @@ class SDLoRA(ContinualMethod):
     def branch_name(session: int) -> str:
         return f"task_{session:03d}"
 
+    def lora_blocks(self) -> BlocksSpec:
+        return self.config.blocks
+
     def build_net(self, backbone: nn.Module) -> SDLoRAViT:
-        return SDLoRAViT(backbone, self.lora_blocks(), self.lora.rank, self.config.targets)
+        return SDLoRAViT(backbone, self.config.blocks, self.config.rank, self.config.targets)
 
     def restore(self, net: ContinualViT, ctx: "StepContext", sessions_done: int) -> None:
         super().restore(net, ctx, sessions_done)

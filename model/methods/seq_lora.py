@@ -8,13 +8,12 @@ official counterpart: the InfLoRA repository's ``methods/`` has no plain LoRA.)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from torch import Tensor
 
 from ..net import ContinualViT
-from .config import MethodConfig, setting
+from .config import ScaledLoRAConfig, setting
 from .lora_family import LoRAMethod
 from .registry import register_method
 
@@ -22,9 +21,8 @@ if TYPE_CHECKING:
     from .context import StepContext
 
 
-@dataclass(frozen=True)
-class SeqLoRAConfig(MethodConfig):
-    """Settings of sequential LoRA (``method.seq_lora``)."""
+class SeqLoRAConfig(ScaledLoRAConfig):
+    """Settings of sequential LoRA: its branch, and whether its down-projection trains too."""
 
     train_down: bool = setting(False, "also train the down-projection (plain LoRA)")
 

@@ -16,7 +16,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 if TYPE_CHECKING:
-    from ..config import DataConfig
+    from .config import DataConfig
 
 __all__ = ["DataSource", "DatasetError", "Normalization", "register_dataset", "load_dataset", "available_datasets"]
 

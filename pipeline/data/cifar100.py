@@ -32,7 +32,7 @@ from .image_folder import require_root
 from .transforms import channel_normalization, check_options, eval_transform, image_mode, train_transform
 
 if TYPE_CHECKING:
-    from ..config import DataConfig
+    from .config import DataConfig
 
 __all__ = ["ArrayImageDataset", "read_cifar_pickle", "load_cifar100"]
 

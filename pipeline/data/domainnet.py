@@ -36,7 +36,7 @@ from .split_file import path_label_lines
 from .transforms import check_options
 
 if TYPE_CHECKING:
-    from ..config import DataConfig
+    from .config import DataConfig
 
 __all__ = ["DOMAINS", "DOMAINNET_CLASSES", "read_file_list", "load_domainnet"]
 

@@ -31,7 +31,7 @@ from .base import DatasetError, DataSource, Normalization, register_dataset
 from .transforms import TEST_RESIZE_RATIO, channel_normalization, check_options, eval_transform, image_mode, train_transform
 
 if TYPE_CHECKING:
-    from ..config import DataConfig
+    from .config import DataConfig
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -28,7 +28,7 @@ from .image_folder import image_source, require_root, scan_class_folders
 from .transforms import check_options
 
 if TYPE_CHECKING:
-    from ..config import DataConfig
+    from .config import DataConfig
 
 __all__ = ["IMAGENET_R_CLASSES", "load_imagenet_r"]
 

@@ -39,7 +39,7 @@ from .image_folder import image_source, require_root
 from .transforms import check_options
 
 if TYPE_CHECKING:
-    from ..config import DataConfig
+    from .config import DataConfig
 
 __all__ = [
     "SPLIT_FILE_DATASETS",

@@ -129,11 +129,12 @@ def test_only_current_branch_and_head_train(tiny_method_net):
 
 @pytest.fixture
 def tiny_method_net():
-    from model import LoRASpec, TrainSpec, create_method
+    from model import TrainSpec, create_method
+    from model.methods.inflora import InfLoRAConfig
     from model.methods.memory_context import InMemoryContext
 
     net = tiny_net()
-    method = create_method("inflora", lora=LoRASpec(rank=2))
+    method = create_method("inflora", InfLoRAConfig(rank=2))
     ctx = InMemoryContext(method, net.backbone, [[], []], [2, 2], TrainSpec())
     downs = {name: orthonormal_rows(2, 16, i) for i, name in enumerate(net.lora_layers)}
     for session in (0, 1):

@@ -193,11 +193,11 @@ def test_dualprompt_refuses_fewer_e_prompts_than_tasks():
 @pytest.mark.parametrize(
     "cls, kwargs, key",
     [
-        (L2PConfig, {"top_k": 40}, "method.top_k"),
-        (L2PConfig, {"length": 3}, "method.length"),
-        (DualPromptConfig, {"e_layers": []}, "method.e_layers"),
-        (CodaPromptConfig, {"layers": [0, 0]}, "method.layers"),
-        (CodaPromptConfig, {"ortho_mu": -1.0}, "method.ortho_mu"),
+        (L2PConfig, {"top_k": 40}, "top_k"),
+        (L2PConfig, {"length": 3}, "length"),
+        (DualPromptConfig, {"e_layers": []}, "e_layers"),
+        (CodaPromptConfig, {"layers": [0, 0]}, "layers"),
+        (CodaPromptConfig, {"ortho_mu": -1.0}, "ortho_mu"),
     ],
 )
 def test_bad_settings_fail_naming_the_key(cls, kwargs, key):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch.testing import assert_close
 
-from model import LoRASpec, TrainSpec, create_backbone, create_method
+from model import TrainSpec, create_backbone, create_method
+from model.methods.sd_lora import SDLoRAConfig
 from model.methods.memory_context import InMemoryContext
 from model.methods.sd_lora import SDLoRAViT
 
@@ -26,7 +27,7 @@ def task_batches(seed: int, offset: int, n: int = 64):
 
 
 def run_sessions(n: int, epochs: int = 2):
-    method = create_method("sd_lora", lora=LoRASpec(rank=2))
+    method = create_method("sd_lora", SDLoRAConfig(rank=2))
     data = [task_batches(s, 2 * s) for s in range(n)]
     ctx = InMemoryContext(method, backbone(), data, [2] * n, TrainSpec(optimizer="sgd", scheduler="constant", lr=0.05, epochs=epochs))
     for s in range(n):

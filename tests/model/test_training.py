@@ -45,9 +45,10 @@ def test_multistep_and_head_lr():
 
 
 def test_train_spec_validation():
-    with pytest.raises(ValueError, match="train.scheduler"):
+    """The settings name their field (their YAML path, ``train.…``, is the config layer's)."""
+    with pytest.raises(ValueError, match="scheduler"):
         TrainSpec(scheduler="step")
-    with pytest.raises(ValueError, match="train.head_lr"):
+    with pytest.raises(ValueError, match="head_lr"):
         TrainSpec(head_lr=0)
-    with pytest.raises(ValueError, match="train.precision"):
+    with pytest.raises(ValueError, match="precision"):
         TrainSpec(precision="fp16")

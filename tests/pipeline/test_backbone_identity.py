@@ -15,7 +15,7 @@ import torch
 from conftest import TINY_OVERRIDES, tiny_config_dict
 
 from model.backbone import create_backbone, weights_sha256
-from pipeline import stages
+from pipeline import backbone_check, stages
 from pipeline.backbone_check import backbone_sha256
 from pipeline.config import config_from_dict
 from pipeline.runner import execute, make_specs
@@ -72,7 +72,7 @@ def test_killed_run_with_a_random_backbone_resumes_bit_identical(tmp_path):
     proc = subprocess.run([sys.executable, str(DRIVER), str(path), "session_002/design", "start"], env=env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == -9, proc.stderr[-2000:]
-    stages._cached_backbone.cache_clear()  # as in a fresh process: the backbone is built by a session-2 stage first
+    backbone_check.cached_backbone.cache_clear()  # as in a fresh process: the backbone is built by a session-2 stage first
     (resumed,) = execute(make_specs(config_from_dict(cfg_dict)), progress=False)
     assert _results(resumed.run_dir) == _results(reference.run_dir)
 
@@ -84,7 +84,7 @@ def test_every_stage_checks_the_recorded_backbone(tmp_path):
     record = run_dir.read_json("run.json")
     run_dir.write_json("run.json", {**record, "backbone_sha256": "0" * 64})  # as if the weights had changed
     run_dir.marker(stages.StageKey(2, "eval")).unlink()
-    stages._cached_backbone.cache_clear()
+    backbone_check.cached_backbone.cache_clear()
     with pytest.raises(Exception, match="has SHA-256 [0-9a-f]{16}…, not the 0000000000000000… this run started with"):
         stages.run_stage(outcome.spec, stages.StageKey(2, "eval"))
     with pytest.raises(RunStateError, match="has SHA-256"):  # and the driver refuses to resume before any stage

@@ -47,7 +47,7 @@ def test_bad_config_is_one_line_error(tmp_path, capsys):
     path = write_config(tmp_path, {"train": {"lr": -1}})
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("inflora: error: train.lr must be a positive number")
+    assert err.startswith("inflora: error: train.lr must be > 0")
     assert main(["run", str(tmp_path / "missing.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
 
@@ -59,7 +59,7 @@ def test_missing_checkpoint_without_recipe(tmp_path, capsys):
 
 
 def test_rank_larger_than_dimension_fails_the_run_clearly(tmp_path, tiny_checkpoint):
-    cfg = config_from_dict(tiny_config_dict(tmp_path, tiny_checkpoint, lora={"rank": 33}, tracking={"enabled": False}))
+    cfg = config_from_dict(tiny_config_dict(tmp_path, tiny_checkpoint, method={"rank": 33}, tracking={"enabled": False}))
     with pytest.raises(RunFailed, match="LoRA rank 33 is larger than the 32 input dimensions"):
         execute(make_specs(cfg), progress=False)
 
@@ -148,7 +148,7 @@ def test_b5_variant_wraps_the_first_blocks_with_plain_gpm(tmp_path, tiny_checkpo
     from safetensors.torch import load_file
 
     cfg = config_from_dict(
-        tiny_config_dict(tmp_path, tiny_checkpoint, lora={"blocks": 1}, method={"dual_memory": False, "lamb": 0.999},
+        tiny_config_dict(tmp_path, tiny_checkpoint, method={"blocks": 1, "dual_memory": False, "lamb": 0.999},
                          data={"num_tasks": 2}, tracking={"enabled": False})
     )
     (outcome,) = execute(make_specs(cfg), progress=False)

@@ -10,6 +10,7 @@ import pytest
 from conftest import TINY_OVERRIDES, tiny_config_dict
 
 from pipeline.cli import main
+from pipeline.config import config_from_dict
 from pipeline.preflight import resume_conflicts
 
 
@@ -36,9 +37,9 @@ def _refused(tmp_path, capsys, cfg: dict, *extra: str) -> str:
 @pytest.mark.parametrize(
     "sections, extra, expected",
     [
-        ({"lora": {"rank": 33}}, (), "lora.rank=33 is larger than the backbone's width 32"),
-        ({"lora": {"blocks": 3}}, (), "lora.blocks=3 is more than the backbone's 2 blocks"),
-        ({"lora": {"blocks": [0, 2]}}, (), "lora.blocks=[0, 2] holds indices outside 0..1"),
+        ({"method": {"rank": 33}}, (), "method.inflora.rank=33 is larger than the backbone's width 32"),
+        ({"method": {"blocks": 3}}, (), "method.inflora.blocks=3 is more than the backbone's 2 blocks"),
+        ({"method": {"blocks": [0, 2]}}, (), "method.inflora.blocks=[0, 2] holds indices outside 0..1"),
         ({"data": {"num_tasks": 11}}, (), "data.num_tasks=11 is more than the 10 classes of 'digits'"),
         ({"data": {"image_size": 16}}, (), "data.image_size=16 differs from the backbone's img_size 8"),
         ({"backbone": {"overrides": {**TINY_OVERRIDES, "embed_dim": 64}}}, (), "does not fit vit_tiny_patch16_224"),
@@ -94,9 +95,9 @@ def test_uneven_tasks_are_said(tmp_path, tiny_checkpoint, caplog):
 
 
 def test_resume_conflicts_name_the_keys():
-    run = {"lora": {"rank": 4}, "train": {"lr": 0.1}, "seeds": [0], "resources": {"cpus_per_stage": 1}}
-    ask = {"lora": {"rank": 8}, "train": {"lr": 0.1}, "seeds": [1, 2], "resources": {"cpus_per_stage": 2}}
-    assert resume_conflicts(run, ask) == ["lora.rank"]
+    run = config_from_dict({"method": {"inflora": {"rank": 4}}, "train": {"lr": 0.1}, "seeds": [0], "resources": {"cpus_per_stage": 1}})
+    ask = config_from_dict({"method": {"inflora": {"rank": 8}}, "train": {"lr": 0.1}, "seeds": [1, 2], "resources": {"cpus_per_stage": 2}})
+    assert resume_conflicts(run, ask) == ["method.inflora.rank"]
     assert resume_conflicts(run, run) == []
 
 
@@ -110,8 +111,8 @@ def test_resume_with_another_rank_is_refused(tmp_path, tiny_checkpoint, capsys):
     assert main(["run", str(path), "--no-progress"]) == 0
     (spec,) = make_specs(config_from_dict(cfg))
     capsys.readouterr()
-    for args in (["--set", "lora.rank=3", "--resume", spec.run_dir], [str(path), "--set", "lora.rank=3", "--resume", spec.run_dir]):
+    for args in (["--set", "method.inflora.rank=3", "--resume", spec.run_dir], [str(path), "--set", "method.inflora.rank=3", "--resume", spec.run_dir]):
         assert main(["run", "--no-progress", *args]) == 2
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and "lora.rank (2 in the run, 3 asked)" in err, err
+        assert len(err.splitlines()) == 1 and "method.inflora.rank (2 in the run, 3 asked)" in err, err
     assert main(["run", "--no-progress", str(path), "--resume", spec.run_dir]) == 0  # the same config resumes

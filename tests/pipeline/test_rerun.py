@@ -81,7 +81,7 @@ def test_ctrl_c_exits_130_marks_killed_and_the_resume_drops_the_error(tmp_path, 
 @pytest.mark.slow
 def test_a_failing_stage_is_one_line_and_the_traceback_needs_verbose(tmp_path, tiny_checkpoint):
     # rank 30 of 32 fits the first task, not the second once the memory holds > 2 directions
-    cfg = tiny_config_dict(tmp_path, tiny_checkpoint, data={"num_tasks": 2}, lora={"rank": 30}, method={"name": "inflora", "lamb": 0.999},
+    cfg = tiny_config_dict(tmp_path, tiny_checkpoint, data={"num_tasks": 2}, method={"name": "inflora", "rank": 30, "lamb": 0.999},
                            tracking={"enabled": False})  # fmt: skip
     path = _write(tmp_path, cfg)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_DISABLE_TELEMETRY": "true"}

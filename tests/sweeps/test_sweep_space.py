@@ -49,7 +49,7 @@ def test_space_maps_parameters_to_config_keys(tmp_path, weights_path):
     assert dists["lame"].choices == (0.99, 1.0)
     assert dists["epochs"].step == 2
     cfg = sweep.trial_config({"rank": 7, "lamb": 0.9, "lame": 1.0, "lr": 2e-3, "epochs": 3}, "t1")
-    assert (cfg.lora.rank, cfg.method.config.lamb, cfg.method.config.lame, cfg.train.lr, cfg.train.epochs) == (7, 0.9, 1.0, 2e-3, 3)
+    assert (cfg.method.config.rank, cfg.method.config.lamb, cfg.method.config.lame, cfg.train.lr, cfg.train.epochs) == (7, 0.9, 1.0, 2e-3, 3)
     assert Path(cfg.output_dir) == sweep.dir / "trials" / "t1"
     assert cfg.resources.executor == "local" and cfg.resources.cpus_per_stage == 1.0
     assert sweep.space.describe()["lr"] == "float [0.0001, 0.01] log"
@@ -75,7 +75,7 @@ def test_embedding_dimension_without_override_builds_the_backbone(tmp_path, weig
 @pytest.mark.parametrize(
     "space, message",
     [
-        ({"rnak": {"low": 1, "high": 4}}, r"sweep.space: unknown parameter\(s\) rnak for method 'inflora'; known: rank \(lora.rank"),
+        ({"rnak": {"low": 1, "high": 4}}, r"sweep.space: unknown parameter\(s\) rnak for method 'inflora'; known: .*rank \(method.inflora.rank"),
         ({"rank": {"low": 4, "high": 4}}, r"sweep.space.rank: empty range \[4, 4\]"),
         ({"lamb": {"low": 0.99, "high": 0.9}}, r"sweep.space.lamb: empty range \[0.99, 0.9\]"),
         ({"lamb": {"low": 0.8, "high": 1.2}}, r"sweep.space.lamb.high = 1.2 is outside the allowed values \(0.0, 1.0\]"),
@@ -110,7 +110,7 @@ def test_bad_spaces_name_the_key(tmp_path, weights_path, space, message):
         ({"scheduler": {"name": "hyperband"}}, {}, "sweep.scheduler.name must be one of"),
         ({"scheduler": {"name": "asha", "reduction_factor": 1}}, {}, "sweep.scheduler.reduction_factor must be > 1"),
         ({"resources_per_trial": {"cpu": 0}}, {}, "sweep.resources_per_trial.cpu must be > 0"),
-        ({"resources_per_trial": {"gpu": 1.5}}, {}, "sweep.resources_per_trial.gpu above 1 must be a whole number"),
+        ({"resources_per_trial": {"gpu": 1.5}}, {}, "sweep.resources_per_trial.gpu must be a whole number when above 1"),
         ({"seeds": [1, 1]}, {}, "sweep.seeds must list distinct seeds"),
         ({"dir": "s3://bucket/sweeps"}, {}, "sweep.dir must be a filesystem path"),
         ({"enqueue": [{"rank": 3}]}, {}, r"sweep.enqueue\[0\] must give exactly the swept parameters"),
@@ -155,3 +155,26 @@ def test_space_rejects_points_outside_it(tmp_path, weights_path):
     sweep.space.check_point({"rank": 2, "lamb": 0.9}, "p")
     with pytest.raises(ConfigError, match=r"p.lamb = 0.5 is outside the space: float \[0.8, 0.999\]"):
         sweep.space.check_point({"rank": 2, "lamb": 0.5}, "p")
+
+
+@pytest.mark.parametrize("method", ["frozen", "l2p"])
+def test_methods_without_lora_offer_no_rank(tmp_path, weights_path, method):
+    from sweeps.space import parameters_for
+
+    data = tiny_sweep_dict(tmp_path, weights_path)
+    data.pop("sweep")
+    data["method"] = {"name": method}
+    from pipeline.config import config_from_dict
+
+    params = parameters_for(config_from_dict(data))
+    assert "rank" not in params and {"lr", "epochs"} <= set(params)
+    with pytest.raises(ConfigError, match=rf"unknown parameter\(s\) rank for method '{method}'"):
+        _sweep(tmp_path, weights_path, {"space": {"rank": {"low": 1, "high": 4}}}, method={"name": method})
+
+
+def test_the_rank_range_is_declared_once_by_the_lora_settings(tmp_path, weights_path):
+    from sweeps.space import parameters_for
+
+    sweep = _sweep(tmp_path, weights_path)
+    rank = parameters_for(sweep.base)["rank"]
+    assert rank.key == "method.inflora.rank" and (rank.search.low, rank.search.high) == (1, 32)  # ge=1 of the field, the width 32

@@ -130,7 +130,7 @@ def test_best_command_and_report(finished_sweep, capsys):
     assert f"inflora run {sweep.dir / 'best_config.yaml'} --seeds 1 2 3 4 5" in out
     assert "<- reported only" in out
     cfg = load_config(sweep.dir / "best_config.yaml")
-    assert (cfg.lora.rank, cfg.method.config.lamb) == (best["rank"], pytest.approx(best["lamb"]))
+    assert (cfg.method.config.rank, cfg.method.config.lamb) == (best["rank"], pytest.approx(best["lamb"]))
     assert cfg.seeds == [1, 2, 3, 4, 5] and Path(cfg.output_dir) == Path(sweep.base.output_dir)
 
     assert print_mlflow_sweep(sweep.name, tracking_uri=sweep.base.tracking.uri) == 0
