@@ -46,7 +46,7 @@ def test_run_logged_to_a_postgresql_backed_server(tmp_path, tiny_checkpoint, mon
         assert outcome.status == "FINISHED"
         client = MlflowClient(url)
         run = client.get_run(outcome.run_id)
-        assert run.info.status == "FINISHED" and run.data.params["lora.rank"] == "2"
+        assert run.info.status == "FINISHED" and run.data.params["method.inflora.rank"] == "2"
         assert [m.step for m in client.get_metric_history(outcome.run_id, "acc/test/task_001")] == [1]
         assert "accuracy_matrix_test.csv" in {a.path for a in client.list_artifacts(outcome.run_id)}
         observed = metric_counts(url, "pg")

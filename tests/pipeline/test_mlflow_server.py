@@ -168,7 +168,7 @@ def test_two_task_run_logged_to_server(mlflow_server, tiny_config, monkeypatch, 
     assert run.info.artifact_uri.startswith("mlflow-artifacts:/"), run.info.artifact_uri
 
     params, tags = run.data.params, run.data.tags
-    assert params["lora.rank"] == "2"
+    assert params["method.inflora.rank"] == "2"
     assert params["method.name"] == "inflora"
     assert params["data.num_tasks"] == "2"
     assert params["seed"] == "0"
@@ -199,5 +199,5 @@ def test_two_task_run_logged_to_server(mlflow_server, tiny_config, monkeypatch, 
     matrix = pd.read_csv(client.download_artifacts(run_id, "accuracy_matrix_test.csv", str(tmp_path)), index_col=0)
     np.testing.assert_allclose(matrix.to_numpy(), outcome.results().test.to_numpy(), atol=1e-6)
     logged_cfg = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", str(tmp_path))).read_text())
-    assert logged_cfg["lora"]["rank"] == 2
+    assert logged_cfg["method"]["inflora"]["rank"] == 2
     assert list(mlflow_server.artifacts.rglob("accuracy_matrix_test.csv")), "artifacts not in the server's store"

@@ -41,7 +41,7 @@ def test_two_task_runs_on_ray_with_mlflow(tmp_path, tiny_checkpoint, ray_cluster
     for outcome in outcomes:
         run = client.get_run(outcome.run_id)
         assert run.info.status == "FINISHED"
-        assert run.data.params["lora.rank"] == "2" and run.data.params["method.name"] == "inflora"
+        assert run.data.params["method.inflora.rank"] == "2" and run.data.params["method.name"] == "inflora"
         assert run.data.tags["seed"] == str(outcome.spec.seed) and run.data.tags["method"] == "inflora"
         assert len(run.data.tags["class_order"].split()) == 10
         assert "version.torch" in run.data.tags
