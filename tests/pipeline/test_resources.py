@@ -46,8 +46,10 @@ def test_waits_for_a_node_then_gives_up_or_goes_on():
 
 
 def test_negative_wait_is_a_config_error():
-    with pytest.raises(ValueError, match="resources.wait_for_resources_s must be >= 0"):
-        ResourcesConfig(wait_for_resources_s=-1)
+    from pipeline.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match="resources.wait_for_resources_s must be >= 0"):
+        config_from_dict({"resources": {"wait_for_resources_s": -1}})
 
 
 @pytest.mark.ray
