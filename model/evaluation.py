@@ -112,22 +112,50 @@ def predict_with_tasks(
     return Predictions(**{k: torch.cat(v) if v else torch.empty(0, dtype=torch.long) for k, v in out.items()})
 
 
+_CLEAR_REFS = "/proc/self/clear_refs"
+_STATUS = "/proc/self/status"
+
+
 def reset_peak_memory(device: torch.device | None = None) -> None:
-    """Start a new GPU peak (CUDA only; the RSS peak of a process cannot be reset)."""
+    """Start a new peak: the process's resident-set high-water mark (Linux: writing ``5``
+    to ``/proc/self/clear_refs`` resets ``VmHWM``) and, on a CUDA device, the allocator's.
+
+    A reused Ray worker runs many stages; without the reset every stage would report
+    the largest stage the worker ever ran.
+    """
+    try:
+        with open(_CLEAR_REFS, "w") as handle:
+            handle.write("5")
+    except OSError:  # not Linux, or /proc read-only: the lifetime peak stays (peak_memory_mb says which)
+        pass
     if device is not None and device.type == "cuda" and torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def peak_memory_mb(device: torch.device | None = None) -> dict[str, float]:
-    """Peak memory of this process in MiB.
+def _rss_high_water_mb() -> float | None:
+    """``VmHWM`` of ``/proc/self/status`` in MiB (resettable), or ``None`` where there is none."""
+    try:
+        with open(_STATUS) as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
 
-    ``rss``: the peak resident set (``getrusage``; the process's whole life, so in
-    a long-lived Ray worker it is the largest stage so far). ``cuda_allocated`` /
-    ``cuda_reserved``: the CUDA caching allocator's peaks since the last
-    :func:`reset_peak_memory`, when ``device`` is a CUDA device.
+
+def peak_memory_mb(device: torch.device | None = None) -> dict[str, float]:
+    """Peak memory of this process in MiB since the last :func:`reset_peak_memory`.
+
+    ``rss``: the resident set's high-water mark (``VmHWM`` on Linux, reset per stage;
+    elsewhere ``getrusage``'s lifetime peak). ``cuda_allocated`` / ``cuda_reserved``:
+    the CUDA caching allocator's peaks, when ``device`` is a CUDA device.
     """
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out = {"rss": maxrss / (1024 * 1024) if sys.platform == "darwin" else maxrss / 1024}  # bytes on macOS, KiB on Linux
+    rss = _rss_high_water_mb()
+    if rss is None:
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        rss = maxrss / (1024 * 1024) if sys.platform == "darwin" else maxrss / 1024  # bytes on macOS, KiB on Linux
+    out = {"rss": rss}
     if device is not None and device.type == "cuda" and torch.cuda.is_available():
         out["cuda_allocated"] = torch.cuda.max_memory_allocated(device) / 2**20
         out["cuda_reserved"] = torch.cuda.max_memory_reserved(device) / 2**20

@@ -23,6 +23,19 @@ def _print_table(title: str, frame) -> None:
         print(f"\n{title}\n{frame.to_string()}")
 
 
+NOTE_WIDTH = 100
+"""Report notes wrap at this width, which the default table fits."""
+
+
+def _print_summary(title: str, frame, notes: list[str]) -> None:
+    """A report table without its index, then its notes (published figures, differing groups), wrapped."""
+    import textwrap
+
+    print(f"\n{title}\n{frame.to_string(index=False)}")
+    for note in notes:
+        print(textwrap.fill(note, NOTE_WIDTH, subsequent_indent="      "))
+
+
 def _percent(frame):
     return (frame * 100).round(2)
 
@@ -151,7 +164,7 @@ def _check_same_protocol(configs, sources: list[str]) -> None:
 
 def _run_comparison(cfg, specs, args: argparse.Namespace) -> int:
     """Every method on the same split, class order and seeds, as one batch, nested under one MLflow run."""
-    from .report import runs_table, summary_table
+    from .report import runs_table, summary_notes, summary_table
     from .runner import execute
     from .tracking import Tracker, resolve_tracking_uri
 
@@ -165,8 +178,9 @@ def _run_comparison(cfg, specs, args: argparse.Namespace) -> int:
     if tracker is not None and parent is not None:
         table = runs_table(cfg.tracking.experiment, tracking_uri=tracker.uri, sweep=parent)
         table = table[table["config"] == cfg.name]
-        _print_table(f"{cfg.name}: every method on the same split and seeds (%)", summary_table(table))
-        tracker.finish_comparison(parent, table, summary_table(table))
+        summary = summary_table(table)
+        _print_summary(f"{cfg.name}: every method on the same split and seeds (%)", summary, summary_notes(table))
+        tracker.finish_comparison(parent, table, summary)
     return 0
 
 
@@ -197,20 +211,22 @@ def cmd_report(args: argparse.Namespace) -> int:
         from sweeps.cli import print_mlflow_sweep
 
         return print_mlflow_sweep(args.sweep, tracking_uri=args.tracking_uri, experiment=args.experiment)
-    from .report import runs_table, summary_table
+    from .report import runs_table, summary_notes, summary_table
 
-    table = runs_table(args.experiment, tracking_uri=args.tracking_uri)
+    table = runs_table(args.experiment, tracking_uri=args.tracking_uri, include_sweeps=args.include_sweeps)
     if table.empty:
-        print("no finished runs found")
+        print("no finished runs found" + ("" if args.include_sweeps else " (sweep trials are left out: --include-sweeps)"))
         return 1
     if args.runs:
-        _print_table("runs", table)
-    _print_table(
-        "mean ± std over seeds (%; costs per task: trainable parameters, wall time, peak RSS)",
-        summary_table(table, paper=not args.no_paper),
-    )
+        columns = ["config", "method", "seed", "group", "final_acc", "avg_acc", "forgetting", "run_id"]
+        _print_summary("runs (%)", table[columns].round(2), [])
+    title = "accuracy (%), mean ± std over distinct seeds"
+    if args.wide:
+        title += "; per task: trainable parameters, wall seconds; the largest stage's peak RSS (MB)"
+    summary = summary_table(table, paper=not args.no_paper, wide=args.wide)
+    _print_summary(title, summary, summary_notes(table, paper=not args.no_paper))
     if args.csv:
-        table.to_csv(args.csv)
+        table.drop(columns="params").to_csv(args.csv, index=False)
         print(f"\nwrote {args.csv}")
     if args.plot:
         from .plots import close
@@ -280,13 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", choices=["test", "val"], default="test")
     ev.set_defaults(func=cmd_eval)
 
-    rep = sub.add_parser("report", help="table of finished runs from MLflow (mean ± std over seeds)")
+    rep = sub.add_parser("report", help="table of finished runs from MLflow, one row per config hash (mean ± std over seeds)")
     rep.add_argument("--experiment", default=None, help="MLflow experiment name (default: every experiment)")
     rep.add_argument("--tracking-uri", default=None)
     rep.add_argument("--sweep", default=None, help="a sweep's best configuration, its validation and test numbers, a re-run command (parent run name or id)")
     rep.add_argument("--runs", action="store_true", help="also list every run")
     rep.add_argument("--no-paper", action="store_true", help="hide the paper's figures")
-    rep.add_argument("--csv", default=None, help="write the per-run table to this CSV")
+    rep.add_argument("--wide", action="store_true", help="every column: weighted, validation, task-IL, task-id, old/new tasks, BWT, costs")
+    rep.add_argument("--include-sweeps", action="store_true", help="also the sweep trials' runs (left out by default)")
+    rep.add_argument("--csv", default=None, help="write the per-run table (every metric) to this CSV")
     rep.add_argument("--plot", default=None, metavar="PNG", help="write the comparison as a bar chart")
     rep.set_defaults(func=cmd_report)
 

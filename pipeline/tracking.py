@@ -349,8 +349,8 @@ class Tracker:
         from .report import comparison_figure
 
         with tempfile.TemporaryDirectory() as tmp:
-            runs.to_csv(Path(tmp) / "runs.csv", index=False)
-            summary.to_csv(Path(tmp) / "comparison.csv")
+            runs.drop(columns="params", errors="ignore").to_csv(Path(tmp) / "runs.csv", index=False)
+            summary.to_csv(Path(tmp) / "comparison.csv", index=False)
             self.client.log_artifact(run_id, str(Path(tmp) / "runs.csv"))
             self.client.log_artifact(run_id, str(Path(tmp) / "comparison.csv"))
         if not runs.empty:

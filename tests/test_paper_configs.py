@@ -103,7 +103,7 @@ PAPER_CONFIGS = {
 DATASETS = {"cifar100": ("cifar100", 100), "domainnet": ("domainnet", 345), "ImageNet_R": ("imagenet_r", 200)}
 
 
-OTHER_METHODS = ("_sd_lora", "_l2p", "_dualprompt", "_coda_prompt")  # configs from the rivals' own repositories
+OTHER_METHODS = ("_sd_lora", "_sd_lora_official", "_l2p", "_dualprompt", "_coda_prompt")  # configs from the rivals' own repositories
 
 
 def test_every_paper_config_has_an_official_file():
@@ -183,3 +183,32 @@ def test_sd_lora_configs_follow_the_official_code_on_the_inflora_protocol(name):
     assert cfg.backbone.name == "vit_base_patch16_224.augreg2_in21k_ft_in1k"
     # the same protocol as InfLoRA's cell, so both sit in one comparison table
     assert (cfg.name, cfg.seeds, cfg.data) == (base.name, base.seeds, base.data)
+
+
+# WuYichen-97/SD-Lora-CL at 8bacded: exps/sdlora_inr.json ("shuffle": true, "seed": [1995], init_cls 20,
+# increment 20, lrate 1e-2, epochs 20, batch_size 128); utils/data_manager.py _setup_data
+# (np.random.seed(seed); np.random.permutation); utils/data.py iImageNetR (ImageFolder on
+# ./data/imagenet-r/{train,test}/) and build_transform (RandomResizedCrop(224, scale=(0.05, 1.0)),
+# no Normalize; test Resize(256, interpolation=3) + CenterCrop(224)); models/sdlora.py Learner._train
+# (SGD momentum 0.9, weight decay commented out, MultiStepLR at 10000). logs/InR-T10.log prints the order:
+SD_LORA_LOGGED_ORDER_HEAD = [146, 198, 169, 126, 142, 183, 108, 86, 79, 35, 112, 29, 0, 2, 59, 178, 143, 31, 147, 33]
+
+
+def test_sd_lora_official_config_follows_sd_loras_own_protocol():
+    import numpy as np
+
+    cfg = load_config(PAPER_DIR / "imagenet_r_10_sd_lora_official.yaml")
+    np.random.seed(1995)
+    order = np.random.permutation(200).tolist()
+    d = cfg.data
+    assert list(d.class_order) == order and order[:20] == SD_LORA_LOGGED_ORDER_HEAD
+    assert (d.name, d.num_tasks, d.val_fraction, d.image_size, d.normalization) == ("imagenet_r", 10, 0.0, 224, "none")
+    assert d.split_seed is None and d.split_file is None
+    assert d.options == {"split_folders": True, "crop_scale": [0.05, 1.0], "test_interpolation": "bicubic"}
+    t = cfg.train
+    assert (t.optimizer, t.momentum, t.scheduler, t.weight_decay) == ("sgd", 0.9, "constant", 0.0)
+    assert (t.lr, t.epochs, t.batch_size) == (1e-2, 20, 128)
+    assert cfg.backbone.name == "vit_base_patch16_224.augreg2_in21k_ft_in1k" and cfg.backbone.pretrained
+    assert cfg.method.name == "sd_lora" and cfg.method.config.rank == 10
+    m = cfg.method.config
+    assert (m.targets, m.magnitude_init, m.magnitude_carry) == (("q", "v"), 0.8, False)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from .base import ContinualMethod, MemoryBank, Step, default_steps, head_name
 from .config import LoRAConfig, MethodConfig, ScaledLoRAConfig, Searchable, setting
 from .context import StepContext
+from .published import PublishedFigure
 from .registry import available_methods, create_method, get_method_class, method_config_class, register_method
 from .results import EvalRow, StepResult
 
@@ -19,6 +20,7 @@ __all__ = [
     "LoRAConfig",
     "MemoryBank",
     "MethodConfig",
+    "PublishedFigure",
     "ScaledLoRAConfig",
     "Searchable",
     "Step",

@@ -38,6 +38,7 @@ from .results import EvalRow, StepResult
 
 if TYPE_CHECKING:
     from .context import StepContext
+    from .published import PublishedFigure
 
 __all__ = ["Step", "ContinualMethod", "MemoryBank", "head_name", "default_steps"]
 
@@ -88,10 +89,12 @@ class ContinualMethod(ABC):
 
     name: ClassVar[str]
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
-    published: ClassVar[dict[str, dict[str, str]]] = {}
-    """The method's published final/average accuracy (%) per paper config name
-    (``{"imagenet_r_10": {"paper_final": "75.65 ± 0.14", ...}}``), shown beside its rows by
-    ``inflora report``; only figures checked against their source."""
+    published: ClassVar[tuple[PublishedFigure, ...] | dict[str, dict[str, str]]] = ()
+    """The method's published final/average accuracy (%), each a
+    :class:`~model.methods.published.PublishedFigure` with the protocol it was measured under
+    (a ``configs/paper/`` config); ``inflora report`` prints one only beside runs that follow
+    its protocol. The older ``{"<paper config name>": {"paper_final": ..., "paper_average": ...}}``
+    is read too. Only figures checked against their source."""
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         config = self.config_class() if config is None else config

@@ -35,6 +35,7 @@ from ..prompts import PromptedViT, PromptModule
 from .config import MethodConfig, setting
 from .prompt_config import Layers, OptionalLayers, PrefixLength
 from .prompt_method import PromptMethod
+from .published import sd_lora_paper
 from .registry import register_method
 
 if TYPE_CHECKING:
@@ -61,6 +62,15 @@ class DualPrompt(PromptMethod):
     name = "dualprompt"
     config_class = DualPromptConfig
     config: DualPromptConfig
+    # SD-LoRA's paper (Wu et al., ICLR 2025), Tables 2-3, on SD-LoRA's protocol; the InfLoRA paper's
+    # Table 1 row is left out: no copy of that table could be checked from here.
+    published = sd_lora_paper({
+        ("imagenet_r", 5): ("69.99 ± 0.57", "72.24 ± 0.41"),
+        ("imagenet_r", 10): ("68.22 ± 0.20", "73.81 ± 0.39"),
+        ("imagenet_r", 20): ("65.23 ± 0.45", "71.30 ± 0.16"),
+        ("imagenet_a", 10): ("45.49 ± 0.96", "54.68 ± 1.24"),
+        ("domainnet", 5): ("68.26 ± 0.90", "73.84 ± 0.45"),
+    })  # fmt: skip
 
     def make_prompts(self, embed_dim: int) -> PromptModule:
         c = self.config

@@ -45,7 +45,7 @@ class InfLoRACA(InfLoRA):
     name = "inflora_ca"
     config_class = InfLoRACAConfig
     config: InfLoRACAConfig
-    published = {}  # not InfLoRA's figures
+    published = ()  # not InfLoRA's figures
 
     def steps(self) -> list[Step]:
         design, train, update, evaluate = super().steps()

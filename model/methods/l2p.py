@@ -34,6 +34,7 @@ from ..prompts import PromptModule
 from .config import MethodConfig, setting
 from .prompt_config import Layers
 from .prompt_method import PromptMethod
+from .published import sd_lora_paper
 from .registry import register_method
 
 __all__ = ["L2P", "L2PConfig"]
@@ -67,6 +68,15 @@ class L2P(PromptMethod):
     name = "l2p"
     config_class = L2PConfig
     config: L2PConfig
+    # SD-LoRA's paper (Wu et al., ICLR 2025), Tables 2-3, on SD-LoRA's protocol; the InfLoRA paper's
+    # Table 1 row is left out: no copy of that table could be checked from here.
+    published = sd_lora_paper({
+        ("imagenet_r", 5): ("73.04 ± 0.71", "76.94 ± 0.41"),
+        ("imagenet_r", 10): ("71.26 ± 0.44", "76.13 ± 0.46"),
+        ("imagenet_r", 20): ("68.97 ± 0.51", "74.16 ± 0.32"),
+        ("imagenet_a", 10): ("42.94 ± 1.27", "51.40 ± 1.95"),
+        ("domainnet", 5): ("70.26 ± 0.25", "75.83 ± 0.98"),
+    })  # fmt: skip
 
     def make_prompts(self, embed_dim: int) -> PromptModule:
         c = self.config

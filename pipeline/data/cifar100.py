@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from .base import DatasetError, DataSource, Normalization, register_dataset
 from .image_folder import require_root
-from .transforms import channel_normalization, check_options, eval_transform, image_mode, train_transform
+from .transforms import channel_normalization, check_options, crop_scale, eval_transform, image_mode, resize_interpolation, train_transform
 
 if TYPE_CHECKING:
     from .config import DataConfig
@@ -137,8 +137,8 @@ def load_cifar100(cfg: DataConfig, normalization: Normalization = None) -> DataS
     mode = image_mode(cfg.options)
     channels = len(mode)
     norm = channel_normalization(normalization, channels)
-    fit = train_transform(cfg.image_size, norm)
-    measure = eval_transform(cfg.image_size, norm, TEST_RESIZE_RATIO)
+    fit = train_transform(cfg.image_size, norm, crop_scale(cfg.options))
+    measure = eval_transform(cfg.image_size, norm, TEST_RESIZE_RATIO, resize_interpolation(cfg.options))
     _logger.info(
         "CIFAR-100 %s: %d classes, %d train / %d test images", folder, len(class_names), len(train_targets), len(test_targets)
     )

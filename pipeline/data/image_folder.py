@@ -28,7 +28,16 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .base import DatasetError, DataSource, Normalization, register_dataset
-from .transforms import TEST_RESIZE_RATIO, channel_normalization, check_options, eval_transform, image_mode, train_transform
+from .transforms import (
+    TEST_RESIZE_RATIO,
+    channel_normalization,
+    check_options,
+    crop_scale,
+    eval_transform,
+    image_mode,
+    resize_interpolation,
+    train_transform,
+)
 
 if TYPE_CHECKING:
     from .config import DataConfig
@@ -188,7 +197,8 @@ def image_source(
     """A :class:`DataSource` of image files with the standard transforms.
 
     Args:
-        cfg: the data section (``name``, ``image_size``, ``options.channels``).
+        cfg: the data section (``name``, ``image_size``, ``options.channels``, ``options.crop_scale``,
+            ``options.test_interpolation``).
         normalization: ``(mean, std)`` or ``None`` (images in [0, 1]).
         train: training files and labels.
         test: test files and labels, or ``None`` (split stage holds out a test split).
@@ -199,7 +209,8 @@ def image_source(
     mode = image_mode(cfg.options)
     channels = len(mode)
     norm = channel_normalization(normalization, channels)
-    fit, measure = train_transform(cfg.image_size, norm), eval_transform(cfg.image_size, norm, resize_ratio)
+    fit = train_transform(cfg.image_size, norm, crop_scale(cfg.options))
+    measure = eval_transform(cfg.image_size, norm, resize_ratio, resize_interpolation(cfg.options))
     train_files, train_targets = path_array(train[0]), train[1]  # shared by train and train_eval
     test_set, test_targets = None, None
     if test is not None:

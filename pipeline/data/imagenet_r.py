@@ -13,6 +13,10 @@ A pre-split copy, as the LAE / reference-code preparation makes it, is used as i
     root/imagenet-r/train/<wnid>/*.jpg
     root/imagenet-r/test/<wnid>/*.jpg
 
+``data.options.split_folders: true`` requires that copy (SD-LoRA's protocol reads
+``./data/imagenet-r/{train,test}/``, ``utils/data.py`` ``iImageNetR``) and refuses to
+hold out a split of its own.
+
 Labels are the sorted ``wnid`` folder names; images are read lazily with PIL,
 converted to RGB (or grayscale with ``data.options.channels: 1``).
 """
@@ -23,7 +27,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .base import DataSource, Normalization, register_dataset
+from .base import DatasetError, DataSource, Normalization, register_dataset
 from .image_folder import image_source, require_root, scan_class_folders
 from .transforms import check_options
 
@@ -50,9 +54,15 @@ def _dataset_folder(root: Path) -> Path:
 @register_dataset("imagenet_r")
 def load_imagenet_r(cfg: DataConfig, normalization: Normalization = None) -> DataSource:
     """ImageNet-R from ``data.root``; without a pre-split copy the test split is held out per run seed."""
-    check_options(cfg.name, cfg.options)
+    check_options(cfg.name, cfg.options, ("split_folders",))
     folder = _dataset_folder(require_root(cfg, LAYOUT))
-    if (folder / "train").is_dir() and (folder / "test").is_dir():
+    presplit = (folder / "train").is_dir() and (folder / "test").is_dir()
+    if cfg.options.get("split_folders") and not presplit:
+        raise DatasetError(
+            f"data.options.split_folders: true needs the pre-split copy {folder / 'train'}/<wnid>/ and {folder / 'test'}/<wnid>/; "
+            f"{folder} has no train/ and test/ folders"
+        )
+    if presplit:
         train_files, train_targets, classes = scan_class_folders(folder / "train", LAYOUT)
         test_files, test_targets, _ = scan_class_folders(folder / "test", LAYOUT, classes)
         test = (test_files, test_targets)

@@ -12,8 +12,12 @@ liangyanshuo/InfLoRA), with 224 replaced by ``data.image_size``:
 Random transforms draw from torch's global generator; the pipeline's stages run
 inside a seeded :func:`torch.random.fork_rng`, so nothing is seeded here.
 
-Image data sets share one option, ``data.options.channels``: ``3`` (RGB, the
-default) or ``1`` (grayscale, PIL ``convert("L")``) for single-channel backbones.
+Image data sets share three options: ``data.options.channels``: ``3`` (RGB, the
+default) or ``1`` (grayscale, PIL ``convert("L")``) for single-channel backbones;
+``data.options.crop_scale``: the ``RandomResizedCrop`` scale range (default
+torchvision's ``[0.08, 1.0]``; SD-LoRA's ``utils/data.py`` ``build_transform`` uses
+``[0.05, 1.0]``); ``data.options.test_interpolation``: ``bilinear`` (default) or
+``bicubic`` for the test resize (SD-LoRA's ``Resize(size, interpolation=3)``).
 """
 
 from __future__ import annotations
@@ -33,14 +37,21 @@ __all__ = [
     "image_mode",
     "check_options",
     "channel_normalization",
+    "crop_scale",
+    "resize_interpolation",
 ]
+
+DEFAULT_CROP_SCALE = (0.08, 1.0)
+"""torchvision's ``RandomResizedCrop`` default (the InfLoRA reference's)."""
+
+_INTERPOLATIONS = ("bilinear", "bicubic")
 
 IMAGENET_MEAN_STD: Normalization = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 TEST_RESIZE_RATIO = 256 / 224
 """Test-time resize before the centre crop: ``Resize(256)`` + ``CenterCrop(224)`` scaled."""
 
-IMAGE_OPTIONS = ("channels",)
+IMAGE_OPTIONS = ("channels", "crop_scale", "test_interpolation")
 """``data.options`` keys every image data set accepts."""
 
 _MODES = {1: "L", 3: "RGB"}
@@ -99,6 +110,34 @@ def image_mode(options: Mapping[str, Any]) -> str:
     return _MODES[channels]
 
 
+def crop_scale(options: Mapping[str, Any]) -> tuple[float, float]:
+    """``data.options.crop_scale`` as ``(low, high)``, the share of the image a training crop covers.
+
+    Raises:
+        DatasetError: not two numbers with ``0 < low <= high <= 1``.
+    """
+    value = options.get("crop_scale", DEFAULT_CROP_SCALE)
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise DatasetError(f"data.options.crop_scale must be two numbers [low, high], got {value!r}") from None
+    if not 0.0 < low <= high <= 1.0:
+        raise DatasetError(f"data.options.crop_scale must satisfy 0 < low <= high <= 1, got {value!r}")
+    return low, high
+
+
+def resize_interpolation(options: Mapping[str, Any]) -> str:
+    """``data.options.test_interpolation``: ``"bilinear"`` (default) or ``"bicubic"``.
+
+    Raises:
+        DatasetError: another value.
+    """
+    value = options.get("test_interpolation", "bilinear")
+    if value not in _INTERPOLATIONS:
+        raise DatasetError(f"data.options.test_interpolation must be one of {list(_INTERPOLATIONS)}, got {value!r}")
+    return value
+
+
 def channel_normalization(normalization: Normalization, channels: int) -> Normalization:
     """Fit a per-channel ``(mean, std)`` to ``channels`` image channels.
 
@@ -138,21 +177,24 @@ def _finish(steps: list[Callable], normalization: Normalization) -> Compose:
     return T.Compose(steps)
 
 
-def train_transform(image_size: int, normalization: Normalization = None) -> Compose:
+def train_transform(image_size: int, normalization: Normalization = None, scale: tuple[float, float] = DEFAULT_CROP_SCALE) -> Compose:
     """Training transform of a PIL image: random resized crop, horizontal flip, tensor in [0, 1], normalise.
 
     Args:
         image_size: side of the square output.
         normalization: ``(mean, std)`` with one value per output channel, or ``None``.
+        scale: the crop's share of the image (``data.options.crop_scale``).
 
     Returns:
         A callable mapping a PIL image to a float tensor ``(C, image_size, image_size)``.
     """
     T = _transforms()
-    return _finish([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()], normalization)
+    return _finish([T.RandomResizedCrop(image_size, scale=scale), T.RandomHorizontalFlip()], normalization)
 
 
-def eval_transform(image_size: int, normalization: Normalization = None, resize_ratio: float = TEST_RESIZE_RATIO) -> Compose:
+def eval_transform(
+    image_size: int, normalization: Normalization = None, resize_ratio: float = TEST_RESIZE_RATIO, interpolation: str = "bilinear"
+) -> Compose:
     """Test-time transform of a PIL image: resize the short side, centre crop, tensor in [0, 1], normalise.
 
     Args:
@@ -160,10 +202,12 @@ def eval_transform(image_size: int, normalization: Normalization = None, resize_
         normalization: ``(mean, std)`` with one value per output channel, or ``None``.
         resize_ratio: short side before the crop, as a multiple of ``image_size``
             (256/224 by default; 1 resizes without cropping square images).
+        interpolation: of the resize, ``"bilinear"`` or ``"bicubic"`` (``data.options.test_interpolation``).
 
     Returns:
         A callable mapping a PIL image to a float tensor ``(C, image_size, image_size)``.
     """
     T = _transforms()
     resize = max(image_size, int(round(image_size * resize_ratio)))
-    return _finish([T.Resize(resize), T.CenterCrop(image_size)], normalization)
+    mode = T.InterpolationMode(interpolation)
+    return _finish([T.Resize(resize, interpolation=mode), T.CenterCrop(image_size)], normalization)

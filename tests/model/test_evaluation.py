@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 
 from model.backbone import create_backbone
-from model.evaluation import head_sizes, peak_memory_mb, predict_with_tasks
+from model.evaluation import head_sizes, peak_memory_mb, predict_with_tasks, reset_peak_memory
 from model.net import ContinualViT
 from model.training import predict
 
@@ -63,6 +66,18 @@ def test_peak_rss_grows_with_a_large_allocation():
     assert float(block.sum()) > 0
     assert after["rss"] >= before and set(after) == {"rss"}
     assert after["rss"] > 64  # the process holds at least the block
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux only: VmHWM reset")
+def test_peak_rss_is_per_stage_after_a_reset():
+    """A reused worker's next stage does not inherit the previous stage's peak."""
+    block = torch.ones(256 * 2**20 // 4)  # 256 MiB, touched: a large stage
+    assert float(block.sum()) > 0
+    del block
+    large = peak_memory_mb()["rss"]
+    reset_peak_memory()
+    small = peak_memory_mb()["rss"]
+    assert small < large - 200  # the freed 256 MiB no longer count
 
 
 def test_as_numpy_feeds_the_pipeline_metrics():

@@ -72,6 +72,16 @@ def test_pre_split_copy_is_used(tmp_path):
     assert source.test_targets.tolist() == [0, 0, 1, 1, 2, 2]
 
 
+def test_split_folders_requires_the_pre_split_copy(tmp_path, imagenet_r_root):
+    """SD-LoRA's protocol reads its own train/test folders: never a held-out split of the pool."""
+    with pytest.raises(DatasetError, match=r"data.options.split_folders: true needs the pre-split copy .*train"):
+        load_dataset(_cfg(imagenet_r_root, options={"split_folders": True}))
+    folder = tmp_path / "imr2" / "imagenet-r"
+    write_class_folders(folder / "train", WNIDS[:3], per_class=4)
+    write_class_folders(folder / "test", WNIDS[:3], per_class=2, seed=1)
+    assert load_dataset(_cfg(tmp_path / "imr2", options={"split_folders": True})).has_test_split
+
+
 def test_missing_or_wrong_layout(tmp_path, imagenet_r_root):
     with pytest.raises(DatasetError, match=r"absent.*not a folder.*imagenet-r/<wnid>/<image>\.jpg"):
         load_dataset(_cfg(tmp_path / "absent"))

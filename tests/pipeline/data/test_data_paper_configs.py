@@ -10,7 +10,7 @@ from data_fixtures import cifar_root, domainnet_root, imagenet_r_root  # noqa: F
 from pipeline.config import load_config
 from pipeline.data import load_dataset
 from pipeline.data.transforms import resolve_normalization
-from pipeline.report import PAPER_RESULTS
+from pipeline.report import published_figures
 
 PAPER_DIR = Path(__file__).resolve().parents[3] / "configs" / "paper"
 CELLS = ["imagenet_r_5", "imagenet_r_10", "imagenet_r_20", "cifar100_10", "domainnet_5"]
@@ -18,7 +18,7 @@ CELLS = ["imagenet_r_5", "imagenet_r_10", "imagenet_r_20", "cifar100_10", "domai
 
 
 def test_every_cell_has_a_paper_figure():
-    assert set(CELLS) == {config for config, method in PAPER_RESULTS if method == "inflora"}
+    assert set(CELLS) == {f.protocol for f in published_figures()["inflora"] if f.source == "InfLoRA paper"}
     assert all((PAPER_DIR / f"{c}.yaml").is_file() for c in CELLS)
 
 

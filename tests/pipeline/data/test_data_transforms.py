@@ -13,9 +13,11 @@ from pipeline.data.transforms import (
     IMAGENET_MEAN_STD,
     channel_normalization,
     check_options,
+    crop_scale,
     eval_transform,
     image_mode,
     resolve_normalization,
+    resize_interpolation,
     train_transform,
 )
 
@@ -85,5 +87,23 @@ def test_image_mode_and_options():
     with pytest.raises(DatasetError, match="data.options.channels"):
         image_mode({"channels": 2})
     check_options("domainnet", {"channels": 1, "domains": ["real"]}, allowed=("domains",))
-    with pytest.raises(DatasetError, match=r"unknown key\(s\) \['colour'\].*allowed: \['channels'\]"):
+    with pytest.raises(DatasetError, match=r"unknown key\(s\) \['colour'\].*allowed: \['channels', 'crop_scale', 'test_interpolation'\]"):
         check_options("cifar100", {"colour": 1})
+
+
+def test_crop_scale_and_test_interpolation_options():
+    """SD-LoRA's protocol: RandomResizedCrop scale (0.05, 1) and a bicubic test resize (utils/data.py build_transform)."""
+    from torchvision.transforms import InterpolationMode
+
+    assert crop_scale({}) == (0.08, 1.0) and resize_interpolation({}) == "bilinear"
+    options = {"crop_scale": [0.05, 1.0], "test_interpolation": "bicubic"}
+    assert train_transform(224, scale=crop_scale(options)).transforms[0].scale == (0.05, 1.0)
+    assert eval_transform(224, interpolation=resize_interpolation(options)).transforms[0].interpolation == InterpolationMode.BICUBIC
+    assert eval_transform(224).transforms[0].interpolation == InterpolationMode.BILINEAR
+    check_options("imagenet_r", options)  # accepted by every image data set
+    with pytest.raises(DatasetError, match=r"data.options.crop_scale must satisfy 0 < low <= high <= 1"):
+        crop_scale({"crop_scale": [0.5, 0.1]})
+    with pytest.raises(DatasetError, match=r"data.options.crop_scale must be two numbers"):
+        crop_scale({"crop_scale": "big"})
+    with pytest.raises(DatasetError, match=r"data.options.test_interpolation must be one of \['bilinear', 'bicubic'\]"):
+        resize_interpolation({"test_interpolation": "nearest"})
