@@ -176,8 +176,10 @@ def _run_comparison(cfg, specs, args: argparse.Namespace) -> int:
     outcomes = execute(specs, progress=not args.no_progress, parent_run_id=parent)
     _print_outcomes(outcomes, resolve_tracking_uri(cfg.tracking) if cfg.tracking.enabled else None)
     if tracker is not None and parent is not None:
-        table = runs_table(cfg.tracking.experiment, tracking_uri=tracker.uri, sweep=parent)
-        table = table[table["config"] == cfg.name]
+        # by run id, not by parent: a run finished before (its directory reused) keeps its own MLflow run
+        run_ids = {o.run_dir.read_json("tracking.json")["run_id"] for o in outcomes if o.run_dir.file("tracking.json").is_file()}
+        table = runs_table(cfg.tracking.experiment, tracking_uri=tracker.uri)
+        table = table[table["run_id"].isin(run_ids)] if not table.empty else table
         summary = summary_table(table)
         _print_summary(f"{cfg.name}: every method on the same split and seeds (%)", summary, summary_notes(table))
         tracker.finish_comparison(parent, table, summary)
