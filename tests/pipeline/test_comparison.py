@@ -24,7 +24,7 @@ def test_methods_share_split_and_seeds_and_land_under_one_comparison_run(tmp_pat
     path = write(tmp_path, "run.yaml", cfg)
     assert main(["run", str(path), "--methods", "inflora", "frozen", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "every method on the same split and seeds" in out and "frozen" in out and "params_per_task" in out
+    assert "every method on the same split and seeds" in out and "frozen" in out and "forgetting" in out
     splits = {p.parent.name.split("-")[1]: json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/split.json")}
     assert set(splits) == {"inflora", "frozen"} and splits["inflora"] == splits["frozen"]
     client = MlflowClient(tracking_uri=cfg["tracking"]["uri"])
