@@ -142,16 +142,22 @@ def published_figures() -> dict[str, list[PublishedFigure]]:
 
 
 def _normalised(params: Mapping[str, str], keys: tuple[str, ...]) -> dict[str, str]:
-    """The protocol values of ``params``: paths by file name; settings the optimizer ignores dropped."""
-    out = {k: params.get(k, "None") for k in keys}
+    """The protocol values of ``params``: mappings by their flattened entries (``data.options.*``;
+    an empty one has none), paths by file name, settings the optimizer ignores dropped."""
+    out: dict[str, str] = {}
+    for key in keys:
+        entries = {k: v for k, v in params.items() if k.startswith(key + ".")}
+        if not entries and params.get(key, "None") != "{}":
+            entries = {key: params.get(key, "None")}
+        out.update(entries)
     for key in ("data.split_file", "data.split_file_test"):
         if out.get(key, "None") != "None":
             out[key] = Path(out[key]).name
     if "train.optimizer" in out and out["train.optimizer"] != "sgd":
-        out.pop("train.momentum")
+        out.pop("train.momentum", None)
     if "train.scheduler" in out and out["train.scheduler"] != "multistep":
-        out.pop("train.milestones")
-        out.pop("train.gamma")
+        out.pop("train.milestones", None)
+        out.pop("train.gamma", None)
     return out
 
 
@@ -197,7 +203,8 @@ def match_figure(params: Mapping[str, str], figure: PublishedFigure, method: str
     want = {**_normalised(protocol, PROTOCOL_KEYS), **_normalised(training, keys)}
     have = {**_normalised(params, PROTOCOL_KEYS), **_normalised(params, keys)}
     differs = [f"backbone weights {_weights(params)}"] if _weights(params) != _weights(protocol) else []
-    differs += [f"{k} {have.get(k)}" for k in want if have.get(k) != want[k] and not (k == "backbone.name" and differs)]
+    keys = sorted(set(want) | set(have), key=lambda k: (k not in want, k))
+    differs += [f"{k} {have.get(k, '(unset)')}" for k in keys if have.get(k) != want.get(k) and not (k == "backbone.name" and differs)]
     return FigureMatch(figure, tuple(differs))
 
 

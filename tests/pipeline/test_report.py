@@ -104,8 +104,18 @@ def test_a_published_figure_prints_only_beside_runs_of_its_protocol(store):
     assert any("75.65" in n and "left out" in n and "backbone weights random" in n for n in notes)
     assert any("77.34" in n and "left out" in n and "protocol imagenet_r_10_sd_lora_official" in n and "data.class_order" in n
                for n in notes)  # fmt: skip
+    _log(store, PAPER / "imagenet_r_10_sd_lora_official.yaml", 1, 0.71, ["data.options.crop_scale=[0.08, 1.0]"])
+    crop = [m for m in _matches_of(runs_table(tracking_uri=store[0]), "71.00") if m.figure.final.startswith("77.34")]
+    assert crop and not crop[0].matches and crop[0].differs == ("data.options.crop_scale [0.08, 1.0]",)
     assert any("71.26" in n and "left out" in n and "l2p with its own optimizer" in n for n in notes)
     assert any("77.34" in n and "same protocol" in n for n in notes)
+
+
+def _matches_of(runs, final: str):
+    """The figure checks of the group whose final accuracy prints as ``final``."""
+    from pipeline.report import _matches
+
+    return [m for _label, _method, rows, found in _matches(runs) if f"{rows['final_acc'].mean():.2f}" == final for m in found]
 
 
 def test_matching_figures_are_marked_points_on_the_plot(store):
