@@ -36,6 +36,12 @@ def _print_summary(title: str, frame, notes: list[str]) -> None:
         print(textwrap.fill(note, NOTE_WIDTH, subsequent_indent="      "))
 
 
+def _say(line: str) -> None:
+    """What the runs do before their stages (a backbone built or reused, stages skipped): shown
+    also with ``--no-progress``."""
+    print(line, flush=True)
+
+
 def _percent(frame):
     return (frame * 100).round(2)
 
@@ -115,7 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return _run_comparison(cfg, specs, args)
         specs = make_specs(cfg, args.seeds)
     preflight(specs)  # before any run directory or MLflow run exists
-    outcomes = execute(specs, progress=not args.no_progress)
+    outcomes = execute(specs, progress=not args.no_progress, notify=_say)
     cfg = specs[0].config
     _print_outcomes(outcomes, resolve_tracking_uri(cfg.tracking) if cfg.tracking.enabled else None)
     from .offline import backlog_message
@@ -173,7 +179,7 @@ def _run_comparison(cfg, specs, args: argparse.Namespace) -> int:
     if cfg.tracking.enabled:
         tracker = Tracker(cfg.tracking)
         parent = tracker.open_comparison(cfg, [s.config.method.name for s in specs], sorted({s.seed for s in specs}))
-    outcomes = execute(specs, progress=not args.no_progress, parent_run_id=parent)
+    outcomes = execute(specs, progress=not args.no_progress, parent_run_id=parent, notify=_say)
     _print_outcomes(outcomes, resolve_tracking_uri(cfg.tracking) if cfg.tracking.enabled else None)
     if tracker is not None and parent is not None:
         # by run id, not by parent: a run finished before (its directory reused) keeps its own MLflow run

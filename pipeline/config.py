@@ -404,10 +404,14 @@ def config_from_dict(data: Mapping[str, Any], base_dir: str | os.PathLike[str] |
 def read_yaml_mapping(path: str | os.PathLike[str], what: str = "config file") -> dict[str, Any]:
     """The mapping in a YAML file, or a :class:`ConfigError` saying what is wrong with it."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a directory; expected a YAML file")
     if not path.is_file():
         raise ConfigError(f"{what} not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not a text file (binary data, e.g. an image); expected a YAML file") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from exc
     if data is None:  # an empty file would silently run every default

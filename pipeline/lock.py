@@ -21,6 +21,7 @@ import functools
 import json
 import os
 import shlex
+import shutil
 import socket
 import sys
 import time
@@ -89,24 +90,67 @@ def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[Path]:
         os.close(fd)  # releases the lock
 
 
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` (itself included) that does not exist yet."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def _discard(run_dir: Path, created: Path) -> None:
+    """Remove ``run_dir`` (made by this command) and its parents up to ``created`` that are left empty."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for folder in (run_dir.parent, *run_dir.parent.parents):
+        if not folder.is_relative_to(created):
+            break
+        try:
+            folder.rmdir()  # only if empty: another command may have put its run there meanwhile
+        except OSError:
+            break
+
+
 @contextlib.contextmanager
-def hold_run_locks(run_dirs: Sequence[str | os.PathLike[str]]) -> Iterator[None]:
-    """Hold the locks of every run directory, or none (the first one held elsewhere raises)."""
-    with contextlib.ExitStack() as stack:
-        for run_dir in dict.fromkeys(str(Path(d).resolve()) for d in run_dirs):
-            stack.enter_context(run_lock(run_dir))
-        yield
+def hold_run_locks(
+    run_dirs: Sequence[str | os.PathLike[str]], discard_on: tuple[type[BaseException], ...] = ()
+) -> Iterator[None]:
+    """Hold the locks of every run directory, or none (the first one held elsewhere raises).
+
+    Args:
+        run_dirs: the run directories (created if missing).
+        discard_on: exceptions that mean "refused before any stage ran": the run
+            directories this call created are removed again, so that a refusal
+            leaves nothing behind (no ``.lock``, no ``run.json``).
+    """
+    paths = list(dict.fromkeys(Path(d).resolve() for d in run_dirs))
+    created = {path: _first_missing(path) for path in paths}
+    try:
+        with contextlib.ExitStack() as stack:
+            for path in paths:
+                stack.enter_context(run_lock(path))
+            yield
+    except discard_on:
+        for path, first in created.items():
+            if first is not None:
+                _discard(path, first)
+        raise
 
 
-def locked_runs(fn: F) -> F:
-    """Decorate ``execute(specs, ...)`` so that it holds every spec's run-directory lock."""
+def locked_runs(fn: F | None = None, *, discard_on: tuple[type[BaseException], ...] = ()) -> Any:
+    """Decorate ``execute(specs, ...)`` so that it holds every spec's run-directory lock
+    (``discard_on``: see :func:`hold_run_locks`)."""
 
-    @functools.wraps(fn)
-    def wrapper(specs, *args, **kwargs):
-        with hold_run_locks([spec.run_dir for spec in specs]):
-            return fn(specs, *args, **kwargs)
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(specs, *args, **kwargs):
+            with hold_run_locks([spec.run_dir for spec in specs], discard_on):
+                return fn(specs, *args, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate(fn) if fn is not None else decorate
 
 
 def sqlite_path(uri: str) -> Path | None:

@@ -44,10 +44,13 @@ class TrackingUnavailable(RuntimeError):
 
 
 def probe_tracking_uri(uri: str, timeout_s: float = PROBE_TIMEOUT_S, tries: int = 2) -> str | None:
-    """``None`` if the tracking server at ``uri`` answers (any HTTP status), else why not.
+    """``None`` if the tracking server at ``uri`` answers its ``/health`` (or asks for
+    credentials), else why not.
 
     Only ``http(s)://`` URIs are probed: other stores are files or databases the
-    MLflow client opens itself.
+    MLflow client opens itself. Another web server on that address (HTTP 404) or a
+    failing one (5xx) is refused here, in a second, instead of after the MLflow
+    client's retries.
     """
     if not uri.startswith(("http://", "https://")):
         return None
@@ -56,10 +59,13 @@ def probe_tracking_uri(uri: str, timeout_s: float = PROBE_TIMEOUT_S, tries: int 
     reason = "no answer"
     for attempt in range(tries):
         try:
-            requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s)
-            return None
+            status = requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s).status_code
         except requests.RequestException as exc:
             reason = type(exc).__name__
+        else:
+            if status < 400 or status in (401, 403):  # an MLflow server, perhaps behind authentication
+                return None
+            reason = f"HTTP {status} on /health: is it an MLflow tracking server?"
         if attempt + 1 < tries:
             time.sleep(0.5)
     return reason

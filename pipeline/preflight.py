@@ -24,7 +24,7 @@ from model.settings import WIDTH, searchable_fields
 from .config import BackboneConfig, ConfigError, RunConfig, flatten
 from .stages import RunSpec
 
-__all__ = ["preflight", "check_config", "resume_conflicts", "architecture", "KNOWN_CLASS_COUNTS"]
+__all__ = ["preflight", "check_config", "check_paths", "check_local_resources", "resume_conflicts", "architecture", "KNOWN_CLASS_COUNTS"]
 
 _logger = logging.getLogger(__name__)
 
@@ -71,13 +71,44 @@ def _checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
         raise ConfigError(f"backbone.checkpoint {path} is corrupt or not a safetensors file: {exc}") from None
 
 
-def check_config(cfg: RunConfig) -> None:
-    """Raise :class:`ConfigError` (one line naming the key) for what the config alone shows is wrong."""
+def check_paths(cfg: RunConfig) -> None:
+    """The output and data folders (file-system look-ups only: the first, cheapest checks)."""
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir {out} is a file, not a directory")
-    if cfg.data.root is not None and not Path(cfg.data.root).is_dir():
-        raise ConfigError(f"data.root {cfg.data.root} does not exist (or is not a directory)")
+    if cfg.data.root is not None:
+        root = Path(cfg.data.root)
+        if not root.is_dir():
+            raise ConfigError(f"data.root {cfg.data.root} does not exist (or is not a directory)")
+        if not any(root.iterdir()):  # a mount that is not there yet, or a download not unpacked
+            raise ConfigError(
+                f"data.root {root} is empty; expected the files of data set {cfg.data.name!r} there "
+                "(docs/datasets.md shows each layout)"
+            )
+
+
+def check_local_resources(cfg: RunConfig) -> None:
+    """The in-process executor runs stages on this machine: a GPU asked for must be here.
+
+    (The Ray executor compares requests with the cluster's nodes: :mod:`pipeline.resources`.)
+    """
+    res = cfg.resources
+    if res.executor != "local" or res.gpus_per_stage <= 0:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"resources.gpus_per_stage={res.gpus_per_stage:g}: the local executor runs every stage in this process, "
+            "and this machine has no GPU that torch can use; set resources.gpus_per_stage: 0 to train on the CPU, "
+            "or run where a GPU is"
+        )
+
+
+def check_config(cfg: RunConfig) -> None:
+    """Raise :class:`ConfigError` (one line naming the key) for what the config alone shows is wrong."""
+    check_paths(cfg)
+    check_local_resources(cfg)
     classes = KNOWN_CLASS_COUNTS.get(cfg.data.name)
     if classes is not None and isinstance(cfg.data.class_order, str):
         if cfg.data.num_tasks > classes:
@@ -151,10 +182,14 @@ def preflight(specs: Sequence[RunSpec]) -> None:
     for spec in specs:
         if spec.seed < 0:
             raise ConfigError(f"seeds must be non-negative integers, got {spec.seed}")
-    for config in dict.fromkeys(spec.config for spec in specs):  # each distinct config once
-        check_config(config)
-    uris = {resolve_tracking_uri(s.config.tracking) for s in specs if s.config.tracking.enabled and not s.config.tracking.offline}
+    configs = list(dict.fromkeys(spec.config for spec in specs))  # each distinct config once
+    # cheapest first: paths, then the tracking server (seconds at most), then what needs torch and timm
+    for cfg in configs:
+        check_paths(cfg)
+    uris = {resolve_tracking_uri(c.tracking) for c in configs if c.tracking.enabled and not c.tracking.offline}
     for uri in uris:
         reason = probe_tracking_uri(uri)
         if reason is not None:
             raise ConfigError(unreachable_message(uri, reason))
+    for cfg in configs:
+        check_config(cfg)

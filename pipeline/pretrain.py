@@ -8,9 +8,13 @@ the tiny ViT is pretrained on it here, deterministically, before the runs start.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,7 +25,7 @@ from model.pretrain import pretrain_classifier
 from .config import BackboneConfig, DataConfig
 from .data import load_dataset
 
-__all__ = ["ensure_backbone", "pretrain_backbone"]
+__all__ = ["cache_dir", "ensure_backbone", "pretrain_backbone", "recipe_hash"]
 
 _logger = logging.getLogger(__name__)
 
@@ -90,8 +94,50 @@ def pretrain_backbone(backbone: BackboneConfig, continual_data: DataConfig, prog
     return report
 
 
-def ensure_backbone(backbone: BackboneConfig, continual_data: DataConfig, progress: bool = True) -> dict | None:
-    """Make sure ``backbone.checkpoint`` exists: pretrain it by its recipe if it does not.
+def cache_dir() -> Path:
+    """Where pretrained backbones are kept for this user: ``$INFLORA_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/inflora``, else ``~/.cache/inflora``."""
+    if os.environ.get("INFLORA_CACHE_DIR"):
+        return Path(os.environ["INFLORA_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "inflora"
+
+
+def recipe_hash(backbone: BackboneConfig, continual_data: DataConfig) -> str:
+    """SHA-256 (16 hex digits) of everything the pretrained weights depend on: the
+    architecture, the recipe, the input size and the torch/timm versions."""
+    import timm
+
+    recipe = backbone.pretrain
+    facts = {
+        "name": backbone.name,
+        "overrides": backbone.overrides,
+        "image_size": int(backbone.overrides.get("img_size", continual_data.image_size)),
+        "recipe": {k: getattr(recipe, k) for k in ("dataset", "epochs", "lr", "batch_size", "weight_decay", "seed")},
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _copy(source: Path, target: Path) -> None:
+    """Copy atomically (a reader never sees half a file; two writers race harmlessly)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.part")
+    shutil.copyfile(source, partial)
+    os.replace(partial, target)
+
+
+def ensure_backbone(
+    backbone: BackboneConfig, continual_data: DataConfig, progress: bool = True, notify: Callable[[str], None] | None = None
+) -> dict | None:
+    """Make sure ``backbone.checkpoint`` exists: copy it from the user's cache of pretrained
+    backbones (keyed by :func:`recipe_hash`), or pretrain it by its recipe and keep it there.
+
+    A demo run from another directory thus reuses the weights instead of pretraining
+    them again (minutes); the copy is byte-identical, so its SHA-256 is the same.
+
+    Args:
+        notify: told, in one line, where the checkpoint came from (``print`` in the CLI).
 
     Raises:
         BackboneError: the checkpoint is missing and there is no recipe.
@@ -103,4 +149,22 @@ def ensure_backbone(backbone: BackboneConfig, continual_data: DataConfig, progre
             f"backbone checkpoint not found: {backbone.checkpoint} (set backbone.checkpoint to an existing "
             "weights file, or add a backbone.pretrain recipe to create it)"
         )
-    return pretrain_backbone(backbone, continual_data, progress=progress)
+    say = notify or _logger.info
+    target = Path(backbone.checkpoint)
+    key = recipe_hash(backbone, continual_data)
+    cached = cache_dir() / "backbones" / f"{target.stem}-{key}{target.suffix}"
+    if cached.is_file():
+        _copy(cached, target)
+        if cached.with_suffix(".json").is_file():
+            _copy(cached.with_suffix(".json"), target.with_suffix(".json"))
+        say(f"backbone: {target} copied from the cache {cached} (pretrained earlier by the same backbone.pretrain recipe)")
+        return None
+    recipe = backbone.pretrain
+    say(f"backbone: {target} is missing; pretraining it on {recipe.dataset} for {recipe.epochs} epochs "
+        f"(backbone.pretrain; once per recipe: kept in {cached.parent})")
+    report = pretrain_backbone(backbone, continual_data, progress=progress)
+    _copy(target, cached)
+    _copy(target.with_suffix(".json"), cached.with_suffix(".json"))
+    say(f"backbone: wrote {target} in {report['wall_time_s']:.0f} s (test accuracy {report['test_accuracy']:.3f} "
+        f"on {recipe.dataset}); cached as {cached}")
+    return report

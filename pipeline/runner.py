@@ -16,14 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from model.backbone import BackboneError
 from model.methods import ContinualMethod, StepResult
 
 from .backbone_check import record_backbone_hash
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .lock import locked_runs
-from .offline import GuardedTracker
+from .offline import GuardedTracker, TrackingUnavailable
 from .pretrain import ensure_backbone
-from .resources import ensure_executor_fits
+from .resources import ResourceError, ensure_executor_fits
 from .results import RunResults, collect_results
 from .scheduler import Executor, create_executor
 from .stages import RunSpec, init_run_dir, method_of, read_result, stage_dependencies, stage_plan
@@ -39,6 +40,11 @@ StageCallback = Callable[[RunSpec, StageKey, StepResult], None]
 
 class RunFailed(RuntimeError):
     """One or more runs failed; the message lists them."""
+
+
+REFUSALS = (ConfigError, BackboneError, ResourceError, TrackingUnavailable, ConnectionError)
+"""What ``execute`` raises when it refuses to start (no backbone, no cluster, no node that fits,
+no tracking server): the run directories it had created are removed again."""
 
 
 @dataclass
@@ -96,7 +102,7 @@ class _Progress:
             self.bar.close()
 
 
-@locked_runs  # one driver per run directory: a second command fails at once, naming the first
+@locked_runs(discard_on=REFUSALS)  # one driver per run directory: a second command fails at once, naming the first
 def execute(
     specs: Sequence[RunSpec],
     *,
@@ -106,6 +112,7 @@ def execute(
     tags: dict[str, str] | None = None,
     on_stage: StageCallback | None = None,
     raise_on_failure: bool = True,
+    notify: Callable[[str], None] | None = None,
 ) -> list[RunOutcome]:
     """Run (or resume) every run in ``specs`` to the end.
 
@@ -117,12 +124,15 @@ def execute(
         tags: extra MLflow tags for every run.
         on_stage: called in the driver after each stage finishes (and is logged).
         raise_on_failure: raise :class:`RunFailed` at the end if any run failed.
+        notify: told, one line each, what happens before the stages run: a backbone
+            pretrained or taken from the cache, stages already done and skipped
+            (``print`` in the CLI; the module's log otherwise).
     """
     if not specs:
         return []
     versions = package_versions()
     for spec in specs:
-        ensure_backbone(spec.config.backbone, spec.config.data, progress=progress)
+        ensure_backbone(spec.config.backbone, spec.config.data, progress=progress, notify=notify)
     executor = executor or create_executor(specs[0].config.resources)
     ensure_executor_fits(executor, [spec.config.resources for spec in specs])  # refuse what no node can run
     trackers: dict[tuple[str, ...], Tracker] = {}
@@ -143,7 +153,11 @@ def execute(
             tracker = trackers.get(key) or trackers.setdefault(key, GuardedTracker(cfg.tracking))  # an outage never stops the runs
             outcome.run_id = tracker.open_run(spec, run_dir, parent_run_id=parent_run_id, tags=tags)
         handles: dict[StageKey, Any] = {}
-        for key in stage_plan(method, cfg.data.num_tasks):
+        plan = stage_plan(method, cfg.data.num_tasks)
+        done = sum(run_dir.is_done(key) for key in plan)
+        if done:
+            (notify or _logger.info)(f"{spec.label}: resuming {run_dir.path}: {done} of {len(plan)} stages already done, skipped")
+        for key in plan:
             if run_dir.is_done(key):
                 handles[key] = None
                 _after_stage(outcome, tracker, key, read_result(run_dir, key), on_stage)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from .config import ResourcesConfig
@@ -85,26 +87,75 @@ class LocalExecutor:
 
 
 # ------------------------------------------------------------------------------ ray
+def _cluster_record() -> Path:
+    """``<ray temp dir>/ray_current_cluster``: the address that ``ray start`` left on this machine.
+
+    ``ray.init()`` without an address connects to that cluster (and refuses
+    ``num_cpus`` there), even when the file outlived the cluster.
+    """
+    from ray._common.utils import get_ray_address_file
+
+    return Path(get_ray_address_file(None))
+
+
+def _last_started_cluster() -> str | None:
+    try:
+        return _cluster_record().read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _answers(address: str, timeout_s: float = 2.0) -> bool:
+    """Whether something listens at ``host:port`` (the cluster's GCS)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _connect(address: str, why: str) -> None:
+    import ray
+
+    try:
+        ray.init(address=address, log_to_driver=True)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ConnectionError(
+            f"cannot connect to the Ray cluster at {address} ({why}): {exc}. A cluster with token "
+            "authentication needs RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH) "
+            "here; a driver outside the cluster's nodes needs a local raylet (ray start --address=... --num-cpus=0); "
+            "RAY_ADDRESS=local starts a private cluster instead"
+        ) from exc
+    _logger.info("connected to the Ray cluster at %s (%s)", address, why)
+
+
 def init_ray(num_cpus: int | None = None) -> None:
-    """Connect to ``RAY_ADDRESS`` when set, else start a local cluster (no dashboard)."""
+    """Connect to a Ray cluster, or start a local one (no dashboard).
+
+    In order: ``RAY_ADDRESS`` (``local`` starts a private cluster); else the cluster
+    that ``ray start`` on this machine recorded, if it still answers (a message says
+    so); else a new local cluster, with a warning when that record is stale.
+    """
     import ray
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     address = os.environ.get("RAY_ADDRESS")
-    if address:
-        try:
-            ray.init(address=address, log_to_driver=True)
-        except (ConnectionError, RuntimeError) as exc:
-            raise ConnectionError(
-                f"cannot connect to the Ray cluster at RAY_ADDRESS={address}: {exc}. A cluster with token "
-                "authentication needs RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH) "
-                "here; a driver outside the cluster's nodes needs a local raylet (ray start --address=... --num-cpus=0)"
-            ) from exc
-        _logger.info("connected to the Ray cluster at %s", address)
-    else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True)
+    if address and address != "local":
+        _connect(address, "RAY_ADDRESS")
+        return
+    recorded = None if address == "local" else _last_started_cluster()
+    if recorded and _answers(recorded):
+        _logger.warning("connecting to the Ray cluster started with `ray start` at %s (RAY_ADDRESS=local starts a private one)", recorded)
+        _connect(recorded, "started with `ray start` on this machine")
+        return
+    if recorded:
+        _logger.warning("ignoring a stale Ray cluster record (%s): nothing answers at %s; starting a local cluster",
+                        _cluster_record(), recorded)
+    # address="local": never the recorded cluster (ray.init would try it and refuse num_cpus there)
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True)
 
 
 def concurrent_stages(available: dict[str, float], resources: ResourcesConfig, limit: int = 8) -> int:

@@ -44,6 +44,14 @@ def tiny_config_dict(tmp_path: Path, checkpoint: Path, **sections: Any) -> dict[
     return cfg
 
 
+@pytest.fixture(scope="session", autouse=True)
+def backbone_cache(tmp_path_factory) -> Path:
+    """The tests' own cache of pretrained backbones (the user's is ``~/.cache/inflora``)."""
+    path = tmp_path_factory.mktemp("inflora_cache")
+    os.environ["INFLORA_CACHE_DIR"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A tiny ViT pretrained for 10 epochs on MNIST at 8×8 (a few seconds)."""

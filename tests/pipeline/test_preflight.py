@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import logging
+import os
+import re
 import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 from conftest import TINY_OVERRIDES, tiny_config_dict
@@ -12,6 +20,8 @@ from conftest import TINY_OVERRIDES, tiny_config_dict
 from pipeline.cli import main
 from pipeline.config import config_from_dict
 from pipeline.preflight import resume_conflicts
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:
@@ -116,3 +126,101 @@ def test_resume_with_another_rank_is_refused(tmp_path, tiny_checkpoint, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "method.inflora.rank (2 in the run, 3 asked)" in err, err
     assert main(["run", "--no-progress", str(path), "--resume", spec.run_dir]) == 0  # the same config resumes
+    out = capsys.readouterr().out
+    assert re.search(rf"resuming {re.escape(spec.run_dir)}: (\d+) of \1 stages already done, skipped", out), out
+
+
+@pytest.mark.parametrize("kind", ["png", "directory"])
+def test_a_config_that_is_not_a_yaml_file_is_one_line(tmp_path, capsys, kind):
+    if kind == "png":
+        path = tmp_path / "plot.png"
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+        expected = f"config file {path} is not a text file (binary data, e.g. an image); expected a YAML file"
+    else:
+        path = tmp_path / "configs"
+        path.mkdir()
+        expected = f"config file {path} is a directory; expected a YAML file"
+    assert main(["run", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"inflora: error: {expected}"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_empty_data_root_is_refused(tmp_path, tiny_checkpoint, capsys):
+    root = tmp_path / "cifar"
+    root.mkdir()
+    cfg = tiny_config_dict(tmp_path, tiny_checkpoint, data={"name": "cifar100", "root": str(root), "num_tasks": 10})
+    err = _refused(tmp_path, capsys, cfg)
+    assert f"data.root {root} is empty; expected the files of data set 'cifar100' there" in err
+
+
+def test_the_local_executor_refuses_a_gpu_this_machine_lacks(tmp_path, tiny_checkpoint, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    cfg = tiny_config_dict(tmp_path, tiny_checkpoint, resources={"executor": "local", "gpus_per_stage": 1})
+    err = _refused(tmp_path, capsys, cfg)
+    assert "resources.gpus_per_stage=1: the local executor runs every stage in this process, and this machine has no GPU" in err
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """``/health`` answers ``HEALTH``; every other path fails with 500 (a tracking server that is not well)."""
+
+    HEALTH = 200
+
+    def do_GET(self):  # noqa: N802 - the http.server API
+        self.send_response(self.HEALTH if self.path.startswith("/health") else 500)
+        self.end_headers()
+
+    do_POST = do_GET  # noqa: N815
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def web_server():
+    """Factory: an HTTP server on 127.0.0.1 whose ``/health`` answers ``status``; yields its URL."""
+    servers = []
+
+    def start(status: int) -> str:
+        handler = type("Handler", (_Handler,), {"HEALTH": status})
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_tracking_server_that_fails_leaves_no_run_directory(tmp_path, tiny_checkpoint, capsys, web_server):
+    """It answers the probe, then fails the MLflow calls: refused, and the run directory the
+    driver had made (``.lock``, ``run.json``) is gone again."""
+    url = web_server(200)
+    err = _refused(tmp_path, capsys, tiny_config_dict(tmp_path, tiny_checkpoint, tracking={"uri": url}))
+    assert f"the MLflow tracking server {url} does not answer" in err
+
+
+def test_another_web_server_is_refused_before_ray_starts(tmp_path, tiny_checkpoint, web_server):
+    """A wrong port that answers HTTP 404 is refused by the preflight: seconds, Ray never imported
+    (before: after Ray had started and the MLflow client had tried, 15 s here)."""
+    url = web_server(404)
+    path = tmp_path / "run.yaml"
+    path.write_text(json.dumps(tiny_config_dict(tmp_path, tiny_checkpoint, tracking={"uri": url}, resources={"executor": "ray"})))
+    code = (
+        "import sys, time; from pipeline.cli import main\n"
+        f"rc = main(['run', {str(path)!r}, '--no-progress'])\n"
+        "print('RC', rc, 'RAY', 'ray' in sys.modules)\n"
+    )
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    elapsed = time.monotonic() - started
+    assert "RC 2 RAY False" in done.stdout, done.stdout + done.stderr[-2000:]
+    assert f"{url} does not answer (HTTP 404 on /health: is it an MLflow tracking server?)" in done.stderr
+    assert not (tmp_path / "runs").exists()
+    assert elapsed < 30, elapsed  # the interpreter, torch and timm: ~4 s on an idle machine
