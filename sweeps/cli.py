@@ -77,7 +77,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.best:
         from .results import summarize_sweep
 
-        print_summary(summarize_sweep(sweep))
+        print_summary(summarize_sweep(_as_recorded(sweep)))
         return 0
     from .tuner import run_sweep
 
@@ -101,6 +101,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"\nthe sweep did not finish; resume it with: inflora sweep --resume {shlex.quote(str(sweep.dir))}")
         return 1
     return 0
+
+
+def _as_recorded(sweep):
+    """The sweep as it ran (its directory's ``sweep.yaml``): ``--set`` values that change the
+    trials' configs (``train.epochs=1``) would point at run directories that do not exist."""
+    from pipeline.config import flatten
+
+    from .config import SWEEP_FILE, load_sweep
+
+    if not (sweep.dir / SWEEP_FILE).is_file():
+        return sweep
+    recorded = load_sweep(sweep.dir)
+    ran, asked = flatten(recorded.to_dict()), flatten(sweep.to_dict())
+    differ = [k for k in sorted(set(ran) | set(asked)) if ran.get(k) != asked.get(k)]
+    if differ:
+        shown = ", ".join(f"{k}={ran.get(k)!r}" for k in differ[:6]) + (", …" if len(differ) > 6 else "")
+        print(f"note: {sweep.dir} ran with {shown}; reporting the sweep as it ran (its {SWEEP_FILE}), not as asked")
+    return recorded
 
 
 def _flow(mapping) -> str:

@@ -153,6 +153,14 @@ def validation_rows(run_dir: RunDir, num_sessions: int) -> list[dict[int, float]
     return rows
 
 
+def _status(recorded: str, done: int, num_sessions: int) -> str:
+    """A trial is complete when every seed's run evaluated every session: a record that says
+    "complete" without those runs (another config asked for) is not."""
+    if done == num_sessions:
+        return "complete"
+    return "runs missing" if recorded == "complete" else recorded
+
+
 def _trial_row(sweep: Sweep, record: dict[str, Any], num_sessions: int) -> dict[str, Any]:
     trial_id = record["trial_id"]
     params = record["params"]
@@ -164,7 +172,7 @@ def _trial_row(sweep: Sweep, record: dict[str, Any], num_sessions: int) -> dict[
     row: dict[str, Any] = {
         "trial_id": trial_id,
         "number": record["number"],
-        "status": "complete" if done == num_sessions else record.get("status", "running"),
+        "status": _status(record.get("status", "running"), done, num_sessions),
         "tasks_done": done,
         **{name: params[name] for name in sweep.space.names},
         "objective": math.nan,
@@ -199,7 +207,7 @@ def summarize_sweep(sweep: Sweep) -> SweepSummary:
                "test_avg_acc", "test_final_acc", "mlflow_run_id"]
     table = pd.DataFrame([_trial_row(sweep, r, num_sessions) for r in records], columns=columns)
     table = table.sort_values("number", kind="stable").reset_index(drop=True)
-    complete = table[table["status"] == "complete"]
+    complete = table[(table["status"] == "complete") & table["objective"].notna()]
     best = None
     if len(complete):
         best_row = complete.loc[complete["objective"].idxmax()]

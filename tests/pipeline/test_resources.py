@@ -69,7 +69,8 @@ def test_impossible_request_on_a_real_cluster_is_refused_in_seconds(tmp_path, ti
     finally:
         ray.shutdown()
     (spec,) = make_specs(cfg)
-    assert not (Path(spec.run_dir) / "run.json").exists()
+    assert not Path(spec.run_dir).exists()  # refused: no run.json, no .lock, no empty folders
+    assert not (tmp_path / "runs").exists()
     if (tmp_path / "mlflow.db").exists():  # no MLflow run was opened (let alone left RUNNING)
         client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
         assert not client.search_runs([e.experiment_id for e in client.search_experiments()])

@@ -35,3 +35,27 @@ def test_trial_records_without_mlflow(tmp_path):
     assert list(summary.table["rank"]) == [2, 3, 4]
     assert summary.best is None
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_best_with_set_reports_the_sweep_as_it_ran(tmp_path, capsys):
+    """``--set train.epochs=1`` with ``--best``: the trials' run directories are those of the
+    recorded sweep (3 epochs); the summary reads that sweep and never crashes on trials whose
+    runs are not found (before: ``ValueError: Encountered all NA values``)."""
+    import yaml
+
+    from pipeline.cli import main
+    from sweeps.config import SWEEP_FILE
+    from sweeps.results import write_trial
+
+    data = tiny_sweep_dict(tmp_path, tmp_path / "w.safetensors", tracking={"enabled": False})
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data))
+    sweep = sweep_from_dict(data)
+    sweep.dir.mkdir(parents=True)
+    (sweep.dir / SWEEP_FILE).write_text(yaml.safe_dump(sweep.to_dict(), sort_keys=False))
+    write_trial(sweep, "aaa", params={"rank": 2, "lamb": 0.9}, seeds=[0], status="complete")  # its runs are gone
+
+    assert main(["sweep", str(path), "--best", "--set", "train.epochs=1"]) == 0
+    out = capsys.readouterr().out
+    assert f"note: {sweep.dir} ran with train.epochs=3; reporting the sweep as it ran" in out
+    assert "runs missing" in out and "no trial has finished every task yet" in out
