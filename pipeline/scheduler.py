@@ -9,6 +9,7 @@ cluster.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -154,8 +155,68 @@ def init_ray(num_cpus: int | None = None) -> None:
     if recorded:
         _logger.warning("ignoring a stale Ray cluster record (%s): nothing answers at %s; starting a local cluster",
                         _cluster_record(), recorded)
+    _reap_leftovers()
     # address="local": never the recorded cluster (ray.init would try it and refuse num_cpus there)
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True)
+    _record_cluster_processes()
+
+
+_LEFTOVERS = "inflora_local_cluster.json"
+"""In a local cluster's session folder: the driver and the processes its cluster started."""
+
+
+def _record_cluster_processes() -> None:
+    """Note the local cluster's processes (pid, start time) in its session folder.
+
+    A SIGKILLed driver takes its raylet and GCS along (Ray ties them to it), but
+    the raylet's agents (``ray::DashboardAgent``, ``ray::RuntimeEnvAgent``) go on for
+    a minute or two, blocked on the dead GCS. The next local start reaps them.
+    """
+    import psutil
+    import ray
+
+    me = psutil.Process()
+    record = {"driver": [me.pid, me.create_time()], "processes": [[p.pid, p.create_time()] for p in me.children(recursive=True)]}
+    try:
+        folder = Path(ray._private.worker._global_node.get_session_dir_path())
+        (folder / _LEFTOVERS).write_text(json.dumps(record))
+    except (AttributeError, OSError, psutil.Error) as exc:  # the record is a courtesy
+        _logger.debug("cannot record the local cluster's processes: %s", exc)
+
+
+def _same(pid: int, created: float):
+    """The process ``pid`` if it is still the one that started at ``created``, else ``None``."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        return proc if abs(proc.create_time() - created) < 1e-3 else None
+    except psutil.Error:
+        return None
+
+
+def _reap_leftovers() -> None:
+    """Stop what the local clusters of killed drivers left running (see :func:`_record_cluster_processes`)."""
+    import psutil
+
+    for path in _cluster_record().parent.glob(f"session_*/{_LEFTOVERS}"):
+        if path.parent.is_symlink():  # session_latest
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if _same(*record["driver"]) is not None:
+            continue  # that driver still runs its cluster
+        left = [proc for proc in (_same(*entry) for entry in record["processes"]) if proc is not None]
+        for proc in left:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        if left:
+            _logger.warning("stopped %d process(es) that a killed driver's Ray cluster left running (%s)", len(left), path.parent.name)
+        path.unlink(missing_ok=True)
 
 
 def concurrent_stages(available: dict[str, float], resources: ResourcesConfig, limit: int = 8) -> int:

@@ -72,3 +72,36 @@ def test_a_cluster_that_refuses_says_what_to_do(monkeypatch):
     monkeypatch.setattr(scheduler, "_answers", lambda address: True)
     with pytest.raises(ConnectionError, match=r"cannot connect to the Ray cluster at 10\.0\.0\.5:6379 .*RAY_ADDRESS=local"):
         scheduler.init_ray(4)
+
+
+@pytest.mark.ray
+def test_a_killed_drivers_cluster_leaves_nothing_after_the_next_start():
+    """SIGKILL takes the driver's raylet and GCS along, but the raylet's agents linger for a
+    minute or two (blocked on the dead GCS); the next local start stops them."""
+    import json
+    import signal
+    import time
+
+    import psutil
+
+    tmp = Path(tempfile.mkdtemp(prefix="rk-", dir="/tmp"))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_TMPDIR=str(tmp), PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0")
+    start = "from pipeline.scheduler import init_ray; import ray, time\ninit_ray(1)\nprint('UP', flush=True)\n"
+    driver = subprocess.Popen([sys.executable, "-c", start + "time.sleep(600)"], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert driver.stdout.readline().strip() == "UP"
+        (record,) = [p for p in tmp.glob("ray/session_*/inflora_local_cluster.json") if not p.parent.is_symlink()]
+        processes = json.loads(record.read_text())["processes"]
+        assert processes
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(30)
+        again = subprocess.run([sys.executable, "-c", start + "ray.shutdown()"], env=env, capture_output=True, text=True, timeout=180)
+        assert again.returncode == 0, again.stderr[-3000:]
+        time.sleep(1)
+        alive = [pid for pid, created in processes if psutil.pid_exists(pid) and abs(psutil.Process(pid).create_time() - created) < 1e-3]
+        assert not alive, [psutil.Process(p).name() for p in alive]
+        assert not record.exists()
+    finally:
+        driver.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
