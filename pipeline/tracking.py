@@ -19,6 +19,8 @@ Metric names (``/`` groups them in the MLflow UI):
 
 from __future__ import annotations
 
+import collections
+import json
 import logging
 import math
 import os
@@ -112,12 +114,24 @@ def log_heatmap_image(client, run_id: str, fig, step: int) -> None:
     client.log_image(run_id, figure_pixels(fig), key=HEATMAP_IMAGE_KEY, step=step)
 
 
+NODES_TAG = "nodes"
+"""One tag, ``{node id: stages run there}``; the node of each stage is in ``events.jsonl``
+(one tag per stage flooded the run's overview: 21 for the demo)."""
+
+
+def stage_nodes(run_dir: RunDir) -> dict[str, str]:
+    """The Ray node of each stage (the last one, for a stage that ran again), from ``events.jsonl``."""
+    path = run_dir.file("events.jsonl")
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return {e["stage"]: e["node_id"] for e in map(json.loads, lines) if e.get("event") == "node"}
+
+
 def log_stage_node(client, run_id: str, run_dir: RunDir, key: StageKey, result: StepResult) -> None:
-    """Record the Ray node a stage ran on: tag ``node/<stage>`` and an events.jsonl line."""
+    """Record the Ray node a stage ran on: an events.jsonl line and the ``nodes`` tag's count."""
     node = result.node_id
     if node:
-        client.set_tag(run_id, f"node/{key}", node)
         run_dir.log_event(key, "node", node_id=node)
+        client.set_tag(run_id, NODES_TAG, json.dumps(collections.Counter(stage_nodes(run_dir).values())))
 
 
 def _metric_batch(values: Mapping[str, float], step: int, timestamp: int) -> list:

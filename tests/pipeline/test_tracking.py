@@ -47,8 +47,10 @@ def test_stage_node_is_a_tag_and_an_event(tmp_path):
     key = StageKey(2, "train")
     log_stage_node(client, "r1", run_dir, key, StepResult(node_id="abc123"))
     log_stage_node(client, "r1", run_dir, StageKey(2, "eval"), StepResult(node_id=None))  # in-process: no node
-    assert client.tags == {("r1", "node/session_002/train"): "abc123"}
-    (line,) = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+    log_stage_node(client, "r1", run_dir, StageKey(2, "update"), StepResult(node_id="def456"))
+    log_stage_node(client, "r1", run_dir, key, StepResult(node_id="abc123"))  # ran again (a resume): counted once
+    assert client.tags == {("r1", "nodes"): json.dumps({"abc123": 1, "def456": 1})}  # one tag, not one per stage
+    line = json.loads((tmp_path / "events.jsonl").read_text().splitlines()[0])
     assert (line["stage"], line["event"], line["node_id"]) == ("session_002/train", "node", "abc123")
 
 
