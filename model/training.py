@@ -92,8 +92,15 @@ class TrainingHooks:
         """A term added to the cross-entropy of the batch (``None``: nothing)."""
         return None
 
+    def before_batch(self, net: nn.Module, images: Tensor, targets: Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """Called with each batch (on the device, session-local targets) before its forward:
+        room for an optimisation step of the method's own (CL-LoRA's distillation step)."""
+
     def before_optimizer_step(self, net: nn.Module, params: list[nn.Parameter]) -> None:
         """Called after ``backward`` and before ``optimizer.step`` (e.g. project gradients)."""
+
+    def after_optimizer_step(self, net: nn.Module, params: list[nn.Parameter]) -> None:
+        """Called after ``optimizer.step`` (e.g. project the step itself, as LoRA⁻ projects Adam's update)."""
 
     def after_epoch(self, net: nn.Module, epoch: int) -> None:
         """Called at the end of every epoch, before the scheduler steps."""
@@ -197,6 +204,7 @@ def train_session(
         for step, (images, labels) in enumerate(batches):
             images = images.to(device, non_blocking=True)
             targets = labels.to(device, non_blocking=True) - class_offset
+            hooks.before_batch(net, images, targets, optimizer)
             with autocast_context(device, spec.precision):
                 logits = forward(images, head_names)
             loss = F.cross_entropy(logits.float(), targets)
@@ -212,6 +220,7 @@ def train_session(
             if not _grads_finite(params):
                 raise NonFiniteTrainingError(f"{where}: a gradient is NaN or Inf at epoch {epoch}, step {step} (lr {lr:g}); lower train.lr")
             optimizer.step()
+            hooks.after_optimizer_step(net, params)
             total_loss += float(loss.detach()) * targets.shape[0]
             total_correct += int((logits.argmax(dim=1) == targets).sum())
             total_seen += targets.shape[0]
