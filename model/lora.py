@@ -35,6 +35,7 @@ __all__ = [
     "TARGETS",
     "Branch",
     "LoRABranch",
+    "FactorBranch",
     "BranchChange",
     "LoRAQKV",
     "InfLoRAQKV",
@@ -129,6 +130,42 @@ class LoRABranch(nn.Module):
     def delta(self, x: Tensor) -> dict[str, Tensor]:
         hidden = F.linear(x, self.down)
         return {t: F.linear(hidden, self.up(t)) for t in self.targets}
+
+
+class FactorBranch(nn.Module):
+    """A LoRA branch with its own ``down_<t>`` (r × d) and ``up_<t>`` (d × r) per target,
+    zero until set; both train while the branch is trainable (LoRA⁻'s ``lora_A_<t>``/``lora_B_<t>``,
+    CL-LoRA's ``lora_B``/``lora_A``)."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, targets: Sequence[str] = ("k", "v")) -> None:
+        super().__init__()
+        self.targets = check_targets(targets)
+        for t in self.targets:
+            self.register_parameter(f"down_{t}", nn.Parameter(torch.zeros(rank, in_features)))
+            self.register_parameter(f"up_{t}", nn.Parameter(torch.zeros(out_features, rank)))
+        self.set_trainable(False)
+
+    def down(self, t: str) -> nn.Parameter:
+        return getattr(self, f"down_{t}")
+
+    def up(self, t: str) -> nn.Parameter:
+        return getattr(self, f"up_{t}")
+
+    @property
+    def is_trainable(self) -> bool:
+        return any(p.requires_grad for p in self.parameters())
+
+    def set_trainable(self, trainable: bool) -> None:
+        self.requires_grad_(trainable)
+
+    def factors(self) -> dict[str, tuple[Tensor, Tensor]]:
+        return {t: (self.up(t), self.down(t)) for t in self.targets}
+
+    def cache_sources(self) -> list[Tensor]:
+        return list(self.parameters())
+
+    def delta(self, x: Tensor) -> dict[str, Tensor]:
+        return {t: F.linear(F.linear(x, down), up) for t, (up, down) in self.factors().items()}
 
 
 class LoRAQKV(nn.Module):

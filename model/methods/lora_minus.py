@@ -45,12 +45,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..lora import LoRAQKV, check_targets
+from ..lora import FactorBranch, LoRAQKV, check_targets
 from ..net import ContinualViT
 from ..training import TrainingHooks, collect_covariances
 from .base import Step, head_name
 from .config import MethodConfig, Searchable, check_threshold, setting
 from .lora_family import LoRAMethod
+from .prototypes import PrototypeSteps, PrototypeViT
 from .registry import register_method
 from .results import StepResult
 
@@ -60,8 +61,8 @@ if TYPE_CHECKING:
 __all__ = [
     "LoRAMinus",
     "LoRAMinusConfig",
-    "FactorBranch",
-    "PrototypeViT",
+    "official_init",
+    "LoRAMinusViT",
     "drift_resistant_basis",
     "projector",
     "augmented_triplet_loss",
@@ -87,50 +88,15 @@ class LoRAMinusConfig(MethodConfig):
                 raise ValueError(f"{self.section}.{key} must be a number >= 0, got {value!r}")
 
 
-class FactorBranch(nn.Module):
-    """A LoRA branch with its own ``down_<t>`` (r × d, official ``lora_A_<t>``) and
-    ``up_<t>`` (d × r, official ``lora_B_<t>``) per target; both train while the
-    branch is trainable."""
-
-    def __init__(self, in_features: int, out_features: int, rank: int, targets: Sequence[str] = ("k", "v")) -> None:
-        super().__init__()
-        self.targets = check_targets(targets)
-        for t in self.targets:
-            self.register_parameter(f"down_{t}", nn.Parameter(torch.zeros(rank, in_features)))
-            self.register_parameter(f"up_{t}", nn.Parameter(torch.zeros(out_features, rank)))
-        self.set_trainable(False)
-
-    def down(self, t: str) -> nn.Parameter:
-        return getattr(self, f"down_{t}")
-
-    def up(self, t: str) -> nn.Parameter:
-        return getattr(self, f"up_{t}")
-
-    @property
-    def is_trainable(self) -> bool:
-        return any(p.requires_grad for p in self.parameters())
-
-    def set_trainable(self, trainable: bool) -> None:
-        self.requires_grad_(trainable)
-
-    def factors(self) -> dict[str, tuple[Tensor, Tensor]]:
-        return {t: (self.up(t), self.down(t)) for t in self.targets}
-
-    def cache_sources(self) -> list[Tensor]:
-        return list(self.parameters())
-
-    def delta(self, x: Tensor) -> dict[str, Tensor]:
-        return {t: F.linear(F.linear(x, down), up) for t, (up, down) in self.factors().items()}
-
-    @torch.no_grad()
-    def reset_official(self, generator: torch.Generator) -> None:
-        """``Attention_LoRA.init_param``: ``down`` Kaiming-uniform (a = √5), ``up`` sparse, one N(0, 0.01²) entry per column."""
-        for t in self.targets:
-            down, up = torch.empty(self.down(t).shape), torch.empty(self.up(t).shape)
-            nn.init.kaiming_uniform_(down, a=math.sqrt(5), generator=generator)
-            _sparse_(up, 1.0 - 1.0 / up.shape[0], generator)
-            self.down(t).copy_(down)
-            self.up(t).copy_(up)
+@torch.no_grad()
+def official_init(branch: FactorBranch, generator: torch.Generator) -> None:
+    """``Attention_LoRA.init_param``: ``down`` Kaiming-uniform (a = √5), ``up`` sparse, one N(0, 0.01²) entry per column."""
+    for t in branch.targets:
+        down, up = torch.empty(branch.down(t).shape), torch.empty(branch.up(t).shape)
+        nn.init.kaiming_uniform_(down, a=math.sqrt(5), generator=generator)
+        _sparse_(up, 1.0 - 1.0 / up.shape[0], generator)
+        branch.down(t).copy_(down)
+        branch.up(t).copy_(up)
 
 
 def _sparse_(tensor: Tensor, sparsity: float, generator: torch.Generator, std: float = 0.01) -> None:
@@ -142,28 +108,20 @@ def _sparse_(tensor: Tensor, sparsity: float, generator: torch.Generator, std: f
         tensor[torch.randperm(rows, generator=generator)[:zeros], col] = 0
 
 
-class PrototypeViT(ContinualViT):
-    """:class:`ContinualViT` with :class:`FactorBranch` branches and class prototypes.
-
-    Once a task's prototypes are loaded (``proto.task_003``, ``(classes, D)``) and
-    ``classify_by_prototypes`` is set, its logits are the cosine between the
-    feature and each class mean: the argmax is the official nearest-mean (NME)
-    prediction. Heads without prototypes (the task in training) stay linear.
-    """
+class LoRAMinusViT(PrototypeViT):
+    """:class:`PrototypeViT` whose branches are :class:`FactorBranch` es (one down and one up per target)."""
 
     def __init__(self, backbone: nn.Module, lora_blocks, rank: int, targets: Sequence[str]) -> None:
         super().__init__(backbone, lora_blocks)
         self.rank = rank
         self.targets = check_targets(targets)
-        self.prototypes: dict[str, Tensor] = {}
-        self.classify_by_prototypes = True
 
     def add_factor_branches(self, name: str, generator: torch.Generator) -> list[nn.Parameter]:
         """Add task ``name``'s branch (official init) to every wrapped layer, trainable; returns its parameters."""
         params: list[nn.Parameter] = []
         for layer in self.lora_layers.values():
             branch = FactorBranch(layer.in_features, layer.attn_dim, self.rank, self.targets)
-            branch.reset_official(generator)
+            official_init(branch, generator)
             branch.set_trainable(True)
             layer.add_module_branch(name, branch)
             params.extend(branch.parameters())
@@ -171,25 +129,6 @@ class PrototypeViT(ContinualViT):
 
     def make_branch(self, layer: LoRAQKV, tensors: Mapping[str, Tensor], train_down: bool = False) -> nn.Module:
         return FactorBranch(layer.in_features, layer.attn_dim, tensors[f"down_{self.targets[0]}"].shape[0], self.targets)
-
-    def forward(self, x: Tensor, heads: list[str] | None = None) -> Tensor:
-        keys = list(self.heads.heads) if heads is None else heads
-        if not (self.classify_by_prototypes and all(k in self.prototypes for k in keys)):
-            return super().forward(x, heads)
-        features = F.normalize(self.features(x).float(), dim=-1)
-        means = torch.cat([self.prototypes[k] for k in keys]).to(features.device)
-        return features @ F.normalize(means, dim=-1).T
-
-    def load_extra_state(self, kind: str, key: str, value: Tensor) -> None:
-        if kind != "proto":
-            super().load_extra_state(kind, key, value)
-        self.prototypes[key] = value.float()
-
-    def old_prototypes(self) -> Tensor | None:
-        """Every stored prototype, normalised, ``(classes, D)`` (``None`` before the first)."""
-        if not self.prototypes:
-            return None
-        return F.normalize(torch.cat([self.prototypes[k] for k in sorted(self.prototypes)]), dim=-1)
 
 
 def drift_resistant_basis(cov: Tensor, threshold: float) -> Tensor:
@@ -268,7 +207,7 @@ class _DriftResistantHooks(TrainingHooks):
 
 
 @register_method
-class LoRAMinus(LoRAMethod):
+class LoRAMinus(PrototypeSteps, LoRAMethod):
     """A trainable k/v branch per task, stepped inside the drift-resistant space of the LoRA-subtracted model."""
 
     name = "lora_minus"
@@ -285,19 +224,15 @@ class LoRAMinus(LoRAMethod):
     def branch_name(self, session: int) -> str:
         return head_name(session)
 
-    def build_net(self, backbone: nn.Module) -> PrototypeViT:
-        return PrototypeViT(backbone, self.lora_blocks(), self.lora.rank, self.targets)
+    def build_net(self, backbone: nn.Module) -> LoRAMinusViT:
+        return LoRAMinusViT(backbone, self.lora_blocks(), self.lora.rank, self.targets)
 
     def steps(self) -> list[Step]:
-        design, train, evaluate = super().steps()
-        return [design, train, Step("prototypes", needs=("train",), writes=("prototypes",)),
-                Step("eval", needs=("prototypes",), ordered=True, carries_state=False)]
+        return self.with_prototype_step(super().steps())
 
     def restore(self, net: ContinualViT, ctx: "StepContext", sessions_done: int) -> None:
         super().restore(net, ctx, sessions_done)
-        for s in range(sessions_done):  # the prototypes step itself builds the net before its own exist
-            if ctx.exists("prototypes", s):
-                net.load_adapter_state(ctx.load("prototypes", s))
+        self.restore_prototypes(net, ctx, sessions_done)
 
     # ---------------------------------------------------------------- design
     def design(self, net: ContinualViT, ctx: "StepContext") -> tuple[dict[str, Tensor], dict[str, float]]:
@@ -315,14 +250,14 @@ class LoRAMinus(LoRAMethod):
 
     # -------------------------------------------------------------- training
     def begin_session(self, net: ContinualViT, ctx: "StepContext") -> list[nn.Parameter]:
-        assert isinstance(net, PrototypeViT)
+        assert isinstance(net, LoRAMinusViT)
         net.freeze_all()
         net.classify_by_prototypes = False
         params = net.add_factor_branches(self.branch_name(ctx.session), ctx.generator("lora_init"))
         return params + self.add_session_heads(net, ctx)
 
     def training_hooks(self, net: ContinualViT, ctx: "StepContext") -> TrainingHooks:
-        assert isinstance(net, PrototypeViT)
+        assert isinstance(net, LoRAMinusViT)
         bases = ctx.load("design")
         name = self.branch_name(ctx.session)
         projections: dict[nn.Parameter, tuple[Tensor, bool]] = {}
@@ -335,25 +270,3 @@ class LoRAMinus(LoRAMethod):
                 projections[branch.up(t)] = (proj, True)
                 projections[branch.down(t)] = (proj, False)
         return _DriftResistantHooks(net, projections, self.config.triplet_weight, self.config.triplet_margin)
-
-    # ------------------------------------------------------------ prototypes
-    def step_prototypes(self, ctx: "StepContext") -> StepResult:
-        """Class means of the session's training images (test transforms) under the network just trained."""
-        net = ctx.build_net(ctx.session + 1)
-        net.eval()
-        state: dict[str, Tensor] = {}
-        for task in ctx.tasks:
-            offset, size = ctx.class_offset(task), ctx.head_sizes()[head_name(task)]
-            sums = torch.zeros(size, net.embed_dim, dtype=torch.float64)
-            counts = torch.zeros(size, dtype=torch.float64)
-            with torch.no_grad():
-                for images, labels in ctx.measure_batches([task]):
-                    features = net.features(images.to(ctx.device)).double().cpu()
-                    local = labels.cpu() - offset
-                    sums.index_add_(0, local, features)
-                    counts.index_add_(0, local, torch.ones_like(local, dtype=torch.float64))
-            if (counts == 0).any():
-                raise RuntimeError(f"lora_minus prototypes: a class of task {task} has no training image")
-            state[f"proto.{head_name(task)}"] = (sums / counts[:, None]).float()
-        ctx.save("prototypes", state)
-        return StepResult()

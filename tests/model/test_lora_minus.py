@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 from model import LoRASpec, TrainSpec, create_backbone, create_method
-from model.methods.lora_minus import FactorBranch, LoRAMinusConfig, PrototypeViT, augmented_triplet_loss, drift_resistant_basis, projector
+from model.lora import FactorBranch
+from model.methods.lora_minus import LoRAMinusConfig, LoRAMinusViT, augmented_triplet_loss, drift_resistant_basis, official_init, projector
 from model.methods.memory_context import InMemoryContext
 
 OVERRIDES = {"img_size": 8, "patch_size": 4, "in_chans": 1, "embed_dim": 16, "depth": 2, "num_heads": 2}
@@ -62,7 +63,7 @@ def test_forward_adds_every_task_product_on_k_and_v_rows(three):
 
 def test_official_init_kaiming_down_and_one_sparse_entry_per_up_column():
     branch = FactorBranch(64, 64, 3)
-    branch.reset_official(torch.Generator().manual_seed(0))
+    official_init(branch, torch.Generator().manual_seed(0))
     for t in ("k", "v"):
         assert ((branch.up(t) != 0).sum(dim=0) == 1).all()
         bound = 1 / 64**0.5  # kaiming_uniform_(a=√5) on fan_in 64
@@ -203,7 +204,7 @@ def test_augmented_triplet_loss_matches_the_official_loop(with_protos, labels):
 def test_prototypes_are_class_means_and_prediction_is_the_nearest_normalised_mean(three):
     _, ctx = three
     net = ctx.build_net(3)
-    assert isinstance(net, PrototypeViT)
+    assert isinstance(net, LoRAMinusViT)
     with torch.no_grad():
         images = torch.cat([x for x, _ in task_batches(1, 2)])
         labels = torch.cat([y for _, y in task_batches(1, 2)])
