@@ -103,7 +103,7 @@ PAPER_CONFIGS = {
 DATASETS = {"cifar100": ("cifar100", 100), "domainnet": ("domainnet", 345), "ImageNet_R": ("imagenet_r", 200)}
 
 
-OTHER_METHODS = ("_sd_lora", "_sd_lora_official", "_l2p", "_dualprompt", "_coda_prompt")  # configs from the rivals' own repositories
+OTHER_METHODS = ("_sd_lora", "_sd_lora_official", "_l2p", "_dualprompt", "_coda_prompt", "_lora_minus", "_cl_lora", "_cl_lora_official")  # configs from the rivals' own repositories
 
 
 def test_every_paper_config_has_an_official_file():
@@ -212,3 +212,79 @@ def test_sd_lora_official_config_follows_sd_loras_own_protocol():
     assert cfg.method.name == "sd_lora" and cfg.method.config.rank == 10
     m = cfg.method.config
     assert (m.targets, m.magnitude_init, m.magnitude_carry) == (("q", "v"), 0.8, False)
+
+
+# scarlet0703/LoRA-Sub-DRS (copy DngBack/LoRA-Sub-DRS @871d29c) configs/imagenetr.json, and for 10 CIFAR-100
+# tasks RL-VIG/LibContinual config/zz_LoRA-Sub-DRS/lora_sub-cifar100-b10-10-10.yaml (the official
+# cifar100.json runs 20 tasks of 5); methods/lorasub_drs.py init_model_optimizer: Adam, 'thres' 0.99,
+# CosineSchedule(K=epochs), fc_lrate for the heads; SiNet: vit_base_patch16_224_in21k.
+LORA_MINUS_OFFICIAL = {
+    "imagenet_r_10_lora_minus": dict(optim="Adam", lrate=5e-4, init_lr=5e-4, fc_lrate=5e-4, epochs=50, batch_size=128,
+                                     weight_decay=0.0, rank=10, lambada=0.2, margin_inter=2.0, thres=0.99, base="imagenet_r_10"),
+    "cifar100_10_lora_minus": dict(optim="Adam", lrate=5e-4, init_lr=5e-4, fc_lrate=2e-3, epochs=20, batch_size=128,
+                                   weight_decay=0.0, rank=10, lambada=0.05, margin_inter=1.0, thres=0.99, base="cifar100_10"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LORA_MINUS_OFFICIAL))
+def test_lora_minus_configs_follow_the_official_code_on_the_inflora_protocol(name):
+    official = LORA_MINUS_OFFICIAL[name]
+    cfg = load_config(PAPER_DIR / f"{name}.yaml")
+    base = load_config(PAPER_DIR / f"{official['base']}.yaml")
+    t = cfg.train
+    assert (t.optimizer, t.scheduler, t.precision) == (official["optim"].lower(), "cosine", "fp32")
+    assert t.lr == official["lrate"] == official["init_lr"] and t.head_lr == official["fc_lrate"]
+    assert (t.epochs, t.batch_size, t.weight_decay) == (official["epochs"], official["batch_size"], official["weight_decay"])
+    assert cfg.method.name == "lora_minus" and (cfg.lora.rank, cfg.lora.blocks) == (official["rank"], "all")
+    m = cfg.method.config
+    assert (m.threshold, m.triplet_weight, m.triplet_margin) == (official["thres"], official["lambada"], official["margin_inter"])
+    # built on InfLoRA's code base: its data, split, order, seeds and in21k backbone
+    assert (cfg.name, cfg.seeds, cfg.data, cfg.backbone) == (base.name, base.seeds, base.data, base.backbone)
+
+
+# JiangpengHe/CL-LoRA exps/inr.json and exps/cifar.json (every key that changes results); models/cllora.py:
+# kd_ratio 5, Temperature 2, orthogonality 1e-4; SGD momentum 0.9; CosineAnnealingLR(T_max=epochs, eta_min=min_lr).
+CL_LORA_JSON = {
+    "inr.json": dict(dataset="imagenetr", shuffle=True, init_cls=5, increment=5, seed=[1993], init_epochs=20, init_lr=0.05,
+                     later_epochs=20, later_lr=0.05, batch_size=32, weight_decay=0.0005, min_lr=0, optimizer="sgd", scheduler="cosine",
+                     ffn_num=10, msa=[1, 0, 1], general_pos=[0, 1, 2, 3, 4, 5], specfic_pos=[6, 7, 8, 9, 10, 11],
+                     use_distillation=True, use_block_weight=True, backbone="vit_base_patch16_224.augreg_in21k_ft_in1k"),
+    "cifar.json": dict(dataset="cifar224", shuffle=True, init_cls=5, increment=5, seed=[1993], init_epochs=30, init_lr=0.03,
+                       later_epochs=30, later_lr=0.03, batch_size=64, weight_decay=0.0001, min_lr=0, optimizer="sgd", scheduler="cosine",
+                       ffn_num=8, msa=[1, 0, 1], general_pos=[0, 1, 2, 3, 4, 5], specfic_pos=[6, 7, 8, 9, 10, 11],
+                       use_distillation=True, use_block_weight=True, backbone="vit_base_patch16_224.augreg_in21k"),
+}
+CL_LORA_CONFIGS = {  # config -> (official json, InfLoRA-protocol base or None for CL-LoRA's own protocol)
+    "imagenet_r_10_cl_lora": ("inr.json", "imagenet_r_10"),
+    "cifar100_10_cl_lora": ("cifar.json", "cifar100_10"),
+    "imagenet_r_40_cl_lora_official": ("inr.json", None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CL_LORA_CONFIGS))
+def test_cl_lora_configs_follow_the_official_json(name):
+    file, base_name = CL_LORA_CONFIGS[name]
+    official = CL_LORA_JSON[file]
+    cfg = load_config(PAPER_DIR / f"{name}.yaml")
+    t = cfg.train
+    assert (t.optimizer, t.momentum, t.scheduler, t.precision) == (official["optimizer"], 0.9, official["scheduler"], "fp32")
+    assert official["min_lr"] == 0  # what torch's CosineAnnealingLR ends at by default
+    assert t.lr == official["init_lr"] == official["later_lr"] and t.head_lr is None
+    assert t.epochs == official["init_epochs"] == official["later_epochs"]
+    assert (t.batch_size, t.weight_decay) == (official["batch_size"], official["weight_decay"])
+    assert cfg.method.name == "cl_lora" and cfg.lora.rank == official["ffn_num"]
+    m = cfg.method.config
+    assert (m.shared_blocks, m.specific_blocks) == (official["general_pos"], official["specfic_pos"])
+    assert m.targets == tuple(t for t, on in zip("qkv", official["msa"]) if on)
+    assert (m.kd_weight, m.kd_temperature, m.orthogonality_weight) == (5.0, 2.0, 1e-4)
+    assert m.block_weights == official["use_block_weight"] and official["use_distillation"]
+    assert cfg.backbone.name == official["backbone"] and cfg.data.normalization == "none"  # ToTensor() only
+    if base_name is not None:  # beside InfLoRA: its data, split, order and seeds
+        base = load_config(PAPER_DIR / f"{base_name}.yaml")
+        assert (cfg.name, cfg.seeds, cfg.data) == (base.name, base.seeds, base.data)
+    else:  # CL-LoRA's own PILOT/EASE protocol: 5 classes per task, order shuffled once with seed 1993
+        import numpy as np
+
+        assert cfg.name == name and cfg.data.name == "imagenet_r"
+        assert cfg.data.num_tasks * official["increment"] == 200 and official["init_cls"] == official["increment"]
+        assert official["shuffle"] and cfg.data.class_order == np.random.RandomState(official["seed"][0]).permutation(200).tolist()

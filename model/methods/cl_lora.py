@@ -31,7 +31,11 @@ Follows the official code ``JiangpengHe/CL-LoRA`` (``models/cllora.py``,
   computed with task i's specific adapters (and the current shared ones) and its
   mean (σ = 1).
 
-Departures: see the README ("CL-LoRA").
+Departures (README, "CL-LoRA"): the cross-entropy's forward runs after the
+distillation step (officially before it, its backward after it); the unused
+off-diagonal prototypes of ``replace_fc`` are not computed; the class order, tasks
+and optimiser of the official protocol are in ``imagenet_r_40_cl_lora_official.yaml``,
+its train/test folders and transforms are not.
 """
 
 from __future__ import annotations

@@ -14,11 +14,12 @@ from pipeline.config import config_from_dict
 from pipeline.runner import execute, make_specs
 
 # Settings that fit the tiny test ViT (2 blocks, width 32): the prompt methods' official
-# layers and pool sizes assume ViT-B's 12 blocks and width 768.
+# layers and pool sizes, and CL-LoRA's block split, assume ViT-B's 12 blocks and width 768.
 TINY = {
     "l2p": {"pool_size": 4, "length": 2, "top_k": 2, "layers": [0]},
     "dualprompt": {"pool_size": 3, "length": 2, "g_length": 2, "g_layers": [0], "e_layers": [1]},
     "coda_prompt": {"pool_size": 6, "length": 2, "layers": [0, 1]},
+    "cl_lora": {"shared_blocks": [0], "specific_blocks": [1]},  # official 0-5 / 6-11
 }
 
 

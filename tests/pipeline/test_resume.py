@@ -127,3 +127,28 @@ def test_sd_lora_killed_mid_epoch_resumes_with_the_same_magnitudes(tmp_path, tin
         for key in got:
             assert torch.equal(got[key], want[key]), key
     np.testing.assert_array_equal(outcome.results().test.to_numpy(), reference.results().test.to_numpy())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "method",
+    [
+        {"name": "lora_minus"},  # Adam steps projected into the drift-resistant space, prototypes
+        {"name": "cl_lora", "cl_lora": {"shared_blocks": [0], "specific_blocks": [1]}},  # two SGD steps per batch
+    ],
+    ids=["lora_minus", "cl_lora"],
+)
+def test_prototype_methods_killed_mid_epoch_resume_bit_identically(tmp_path, tiny_checkpoint, method):
+    train = {"epochs": 3}
+    ref_cfg = config_from_dict(tiny_config_dict(tmp_path / "ref", tiny_checkpoint, method=method, train=train, tracking={"enabled": False}))
+    (reference,) = execute(make_specs(ref_cfg), progress=False)
+    cfg_dict = tiny_config_dict(tmp_path, tiny_checkpoint, method=method, train=train, tracking={"enabled": False})
+    outcome = kill_then_run(tmp_path, cfg_dict, "session_001/train", "epoch")
+    for s in range(3):  # every session's adapters and prototypes, bit for bit
+        for slot in ("adapter", "prototypes"):
+            got = RunDir(outcome.spec.run_dir).load_tensors(f"session_{s:03d}/{slot}.safetensors")
+            want = RunDir(reference.spec.run_dir).load_tensors(f"session_{s:03d}/{slot}.safetensors")
+            assert got.keys() == want.keys() and got
+            for key in got:
+                assert torch.equal(got[key], want[key]), key
+    np.testing.assert_array_equal(outcome.results().test.to_numpy(), reference.results().test.to_numpy())
