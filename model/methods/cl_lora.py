@@ -49,11 +49,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..lora import TARGETS, FactorBranch, check_targets
+from ..lora import TARGETS, FactorBranch
 from ..net import ContinualViT, resolve_lora_blocks
 from ..training import NonFiniteTrainingError, TrainingHooks, autocast_context
 from .base import ContinualMethod, Step, head_name
-from .config import MethodConfig, Searchable, setting
+from .config import MethodConfig, Searchable, check_targets_setting, setting
 from .prototypes import PrototypeSteps, PrototypeViT
 from .registry import register_method
 
@@ -81,10 +81,7 @@ class CLLoRAConfig(MethodConfig):
     block_weights: bool = setting(True, "scale the specific adapters by trained block weights (official use_block_weight)")
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "targets", check_targets(list(self.targets)))
-        except ValueError as exc:
-            raise ValueError(f"{self.section}.targets: {exc}") from None
+        check_targets_setting(self)
         for key in ("shared_blocks", "specific_blocks"):
             value = getattr(self, key)
             if not isinstance(value, (list, tuple)) or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in value):
@@ -124,10 +121,7 @@ class WeightedBranch(FactorBranch):
         return super().is_trainable or any(w.requires_grad for w in self._weights)
 
     def cache_sources(self) -> list[Tensor]:
-        return list(self.parameters()) + self._weights
-
-    def delta(self, x: Tensor) -> dict[str, Tensor]:
-        return {t: F.linear(F.linear(x, down), up) for t, (up, down) in self.factors().items()}
+        return super().cache_sources() + self._weights
 
 
 class CosineHead(nn.Module):

@@ -9,19 +9,22 @@ methods that add LoRA branches (:class:`LoRAConfig`); the others have none.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import field_validator
+from pydantic import BeforeValidator, field_validator
 
-from ..lora import REFERENCE_DOWN_SCALE
+from ..lora import REFERENCE_DOWN_SCALE, check_targets
 from ..settings import WIDTH, Searchable, Settings, searchable_fields, setting
 
-__all__ = ["MethodConfig", "LoRAConfig", "ScaledLoRAConfig", "Searchable", "setting", "BlocksSpec", "THRESHOLD"]
+__all__ = ["MethodConfig", "LoRAConfig", "ScaledLoRAConfig", "Searchable", "setting", "BlocksSpec", "THRESHOLD", "Targets"]
 
 BlocksSpec = str | int | list[int]
 
 THRESHOLD = {"gt": 0.0, "le": 1.0}
 """Bounds of a memory threshold, (0, 1]."""
+
+Targets = Annotated[tuple[str, ...], BeforeValidator(lambda v: check_targets(list(v)) if isinstance(v, (list, tuple)) else v)]
+"""Rows of ``qkv`` a method's branches adapt: distinct names among q, k, v, kept in that order."""
 
 
 class MethodConfig(Settings):

@@ -32,16 +32,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
-from pydantic import BeforeValidator
 from torch import Tensor, nn
 
-from ..lora import LoRAQKV, check_targets
+from ..lora import FactorBranch, LoRAQKV
 from ..net import ContinualViT
 from .base import ContinualMethod, head_name
-from .config import BlocksSpec, LoRAConfig, setting
+from .config import BlocksSpec, LoRAConfig, Targets, setting
 from .published import SD_LORA_PROTOCOL, PublishedFigure, sd_lora_paper
 from .registry import register_method
 
@@ -49,9 +48,6 @@ if TYPE_CHECKING:
     from .context import StepContext
 
 __all__ = ["SDLoRA", "SDLoRAConfig", "MagnitudeBranch", "SDLoRAViT"]
-
-
-Targets = Annotated[tuple[str, ...], BeforeValidator(lambda v: check_targets(list(v)) if isinstance(v, (list, tuple)) else v)]
 
 
 class SDLoRAConfig(LoRAConfig):
@@ -62,7 +58,7 @@ class SDLoRAConfig(LoRAConfig):
     magnitude_carry: bool = setting(False, "keep old magnitudes across tasks (official: they restart at magnitude_init)")
 
 
-class MagnitudeBranch(nn.Module):
+class MagnitudeBranch(FactorBranch):
     """One task's SD-LoRA factors in one layer: ``down_<t>`` (``A``, r × d) and ``up_<t>`` (``B``, d × r).
 
     The magnitude is a scalar shared by every layer, owned by :class:`SDLoRAViT`
@@ -71,28 +67,17 @@ class MagnitudeBranch(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, rank: int, targets: tuple[str, ...], magnitude: nn.Parameter) -> None:
-        super().__init__()
-        self.targets = targets
-        for t in targets:
-            self.register_parameter(f"down_{t}", nn.Parameter(torch.zeros(rank, in_features)))
-            self.register_parameter(f"up_{t}", nn.Parameter(torch.zeros(out_features, rank)))
+        super().__init__(in_features, out_features, rank, targets)
         self._magnitude = [magnitude]
         self.normalised = False
-        self.requires_grad_(False)
 
     @property
     def magnitude(self) -> nn.Parameter:
         return self._magnitude[0]
 
-    def down(self, t: str) -> nn.Parameter:
-        return getattr(self, f"down_{t}")
-
-    def up(self, t: str) -> nn.Parameter:
-        return getattr(self, f"up_{t}")
-
     @property
     def is_trainable(self) -> bool:
-        return self.magnitude.requires_grad or any(p.requires_grad for p in self.parameters())
+        return self.magnitude.requires_grad or super().is_trainable
 
     def factors(self) -> dict[str, tuple[Tensor, Tensor]]:
         out = {}
@@ -105,10 +90,7 @@ class MagnitudeBranch(nn.Module):
         return out
 
     def cache_sources(self) -> list[Tensor]:
-        return [self.magnitude] + [p for t in self.targets for p in (self.down(t), self.up(t))]
-
-    def delta(self, x: Tensor) -> dict[str, Tensor]:
-        return {t: torch.nn.functional.linear(torch.nn.functional.linear(x, down), up) for t, (up, down) in self.factors().items()}
+        return [self.magnitude] + super().cache_sources()
 
 
 class SDLoRAViT(ContinualViT):

@@ -10,7 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from model import LoRASpec, TrainSpec, create_backbone, create_method
+from method_fixtures import task_batches as shifted_batches
+from method_fixtures import tiny_backbone
+
+from model import LoRASpec, TrainSpec, create_method
 from model.methods.cl_lora import (
     SHARED,
     CLLoRAConfig,
@@ -21,21 +24,15 @@ from model.methods.cl_lora import (
 )
 from model.methods.memory_context import InMemoryContext
 
-OVERRIDES = {"img_size": 8, "patch_size": 4, "in_chans": 1, "embed_dim": 16, "depth": 3, "num_heads": 2}
 CONFIG = CLLoRAConfig(shared_blocks=[0, 1], specific_blocks=[2])
 
 
 def backbone():
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return create_backbone("vit_tiny_patch16_224", overrides=OVERRIDES)
+    return tiny_backbone(depth=3)
 
 
 def task_batches(seed: int, offset: int, n: int = 64):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 1, 8, 8, generator=g) + 0.3 * seed
-    y = (x.mean(dim=(1, 2, 3)) > 0.3 * seed).long() + offset
-    return [(x[i : i + 16], y[i : i + 16]) for i in range(0, n, 16)]
+    return shifted_batches(seed, offset, n, shift=0.3)
 
 
 def make_ctx(n: int, epochs: int = 2, config: CLLoRAConfig = CONFIG):

@@ -10,25 +10,20 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from model import LoRASpec, TrainSpec, create_backbone, create_method
+from method_fixtures import task_batches as shifted_batches
+from method_fixtures import tiny_backbone
+
+from model import LoRASpec, TrainSpec, create_method
 from model.lora import FactorBranch
 from model.methods.lora_minus import LoRAMinusConfig, LoRAMinusViT, augmented_triplet_loss, drift_resistant_basis, official_init, projector
 from model.methods.memory_context import InMemoryContext
 
-OVERRIDES = {"img_size": 8, "patch_size": 4, "in_chans": 1, "embed_dim": 16, "depth": 2, "num_heads": 2}
-
-
 def backbone():
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return create_backbone("vit_tiny_patch16_224", overrides=OVERRIDES)
+    return tiny_backbone()
 
 
 def task_batches(seed: int, offset: int, n: int = 64):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 1, 8, 8, generator=g) + 0.3 * seed
-    y = (x.mean(dim=(1, 2, 3)) > 0.3 * seed).long() + offset
-    return [(x[i : i + 16], y[i : i + 16]) for i in range(0, n, 16)]
+    return shifted_batches(seed, offset, n, shift=0.3)
 
 
 def run_sessions(n: int, epochs: int = 2, **settings):
