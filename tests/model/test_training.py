@@ -52,3 +52,32 @@ def test_train_spec_validation():
         TrainSpec(head_lr=0)
     with pytest.raises(ValueError, match="precision"):
         TrainSpec(precision="fp16")
+
+
+def test_hooks_fire_around_each_batch_and_step_in_order():
+    """before_batch (own step possible) → forward/backward → before_optimizer_step → step → after_optimizer_step."""
+    from method_fixtures import task_batches, tiny_backbone
+
+    from model.net import ContinualViT
+    from model.training import TrainingHooks, train_session
+
+    net = ContinualViT(tiny_backbone(), [])
+    head = net.heads.add("task_000", 2, generator=torch.Generator().manual_seed(0))
+    params = list(head.parameters())
+    calls: list[tuple[str, float]] = []
+
+    class Spy(TrainingHooks):
+        def before_batch(self, net, images, targets, optimizer):
+            assert targets.min() >= 0 and images.shape[0] == targets.shape[0]
+            calls.append(("batch", float(head.weight.detach().sum())))
+
+        def before_optimizer_step(self, net, params):
+            calls.append(("before", float(head.weight.detach().sum())))
+
+        def after_optimizer_step(self, net, params):
+            calls.append(("after", float(head.weight.detach().sum())))
+
+    train_session(net, params, task_batches(0, 0, n=32), TrainSpec(epochs=1, lr=0.1), head_names=["task_000"], class_offset=0,
+                  device=torch.device("cpu"), hooks=Spy())
+    assert [c[0] for c in calls] == ["batch", "before", "after"] * 2
+    assert calls[1][1] == calls[0][1] and calls[2][1] != calls[1][1]  # the step happens between the two
