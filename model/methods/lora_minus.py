@@ -57,7 +57,6 @@ from .config import MethodConfig, Searchable, check_threshold, setting
 from .lora_family import LoRAMethod
 from .prototypes import PrototypeSteps, PrototypeViT
 from .registry import register_method
-from .results import StepResult
 
 if TYPE_CHECKING:
     from .context import StepContext
