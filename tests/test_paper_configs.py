@@ -235,8 +235,8 @@ def test_lora_minus_configs_follow_the_official_code_on_the_inflora_protocol(nam
     assert (t.optimizer, t.scheduler, t.precision) == (official["optim"].lower(), "cosine", "fp32")
     assert t.lr == official["lrate"] == official["init_lr"] and t.head_lr == official["fc_lrate"]
     assert (t.epochs, t.batch_size, t.weight_decay) == (official["epochs"], official["batch_size"], official["weight_decay"])
-    assert cfg.method.name == "lora_minus" and (cfg.lora.rank, cfg.lora.blocks) == (official["rank"], "all")
     m = cfg.method.config
+    assert cfg.method.name == "lora_minus" and (m.rank, m.blocks) == (official["rank"], "all")
     assert (m.threshold, m.triplet_weight, m.triplet_margin) == (official["thres"], official["lambada"], official["margin_inter"])
     # built on InfLoRA's code base: its data, split, order, seeds and in21k backbone
     assert (cfg.name, cfg.seeds, cfg.data, cfg.backbone) == (base.name, base.seeds, base.data, base.backbone)
@@ -272,8 +272,8 @@ def test_cl_lora_configs_follow_the_official_json(name):
     assert t.lr == official["init_lr"] == official["later_lr"] and t.head_lr is None
     assert t.epochs == official["init_epochs"] == official["later_epochs"]
     assert (t.batch_size, t.weight_decay) == (official["batch_size"], official["weight_decay"])
-    assert cfg.method.name == "cl_lora" and cfg.lora.rank == official["ffn_num"]
     m = cfg.method.config
+    assert cfg.method.name == "cl_lora" and m.rank == official["ffn_num"]
     assert (m.shared_blocks, m.specific_blocks) == (official["general_pos"], official["specfic_pos"])
     assert m.targets == tuple(t for t, on in zip("qkv", official["msa"]) if on)
     assert (m.kd_weight, m.kd_temperature, m.orthogonality_weight) == (5.0, 2.0, 1e-4)

@@ -42,18 +42,19 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor, nn
 
 from ..lora import TARGETS, FactorBranch
 from ..net import ContinualViT, resolve_lora_blocks
 from ..training import NonFiniteTrainingError, TrainingHooks, autocast_context
 from .base import ContinualMethod, Step, head_name
-from .config import MethodConfig, Searchable, check_targets_setting, setting
+from ..settings import WIDTH
+from .config import MethodConfig, Targets, setting
 from .prototypes import PrototypeSteps, PrototypeViT
 from .registry import register_method
 
@@ -68,34 +69,28 @@ SPECIFIC = "specific"
 """Key under which the active task's specific branch sits in the specific blocks' ``branches``."""
 
 
-@dataclass(frozen=True)
-class CLLoRAConfig(MethodConfig):
-    """Settings of CL-LoRA (``method.cl_lora``); the rank is ``lora.rank`` (official ``ffn_num``)."""
+BlockList = list[Annotated[int, Field(ge=0)]]
 
-    shared_blocks: list[int] = setting([0, 1, 2, 3, 4, 5], "blocks with task-shared adapters (official general_pos)")
-    specific_blocks: list[int] = setting([6, 7, 8, 9, 10, 11], "blocks with task-specific adapters (official specfic_pos)")
-    targets: tuple[str, ...] = setting(("q", "v"), "rows of qkv the adapters adapt (official msa [1, 0, 1]: q and v)")
-    kd_weight: float = setting(5.0, "weight of the distillation loss (official kd_ratio 5)", Searchable(float, 0.0))
-    kd_temperature: float = setting(2.0, "distillation temperature (official 2)", Searchable(float, 0.0, low_open=True))
-    orthogonality_weight: float = setting(1e-4, "weight of the block-weight orthogonality loss (official 1e-4)", Searchable(float, 0.0))
+
+class CLLoRAConfig(MethodConfig):
+    """Settings of CL-LoRA: adapter rank (official ``ffn_num``), where the shared and specific adapters go, the losses."""
+
+    rank: int = setting(10, "adapter rank r (official ffn_num: 10 ImageNet-R, 8 CIFAR-100)", search=True, bound=WIDTH, ge=1)
+    shared_blocks: BlockList = setting([0, 1, 2, 3, 4, 5], "blocks with task-shared adapters (official general_pos)")
+    specific_blocks: BlockList = setting([6, 7, 8, 9, 10, 11], "blocks with task-specific adapters (official specfic_pos)", min_length=1)
+    targets: Targets = setting(("q", "v"), "rows of qkv the adapters adapt (official msa [1, 0, 1]: q and v)")
+    kd_weight: float = setting(5.0, "weight of the distillation loss (official kd_ratio 5)", search=True, ge=0.0)
+    kd_temperature: float = setting(2.0, "distillation temperature (official 2)", search=True, gt=0.0)
+    orthogonality_weight: float = setting(1e-4, "weight of the block-weight orthogonality loss (official 1e-4)", search=True, ge=0.0)
     block_weights: bool = setting(True, "scale the specific adapters by trained block weights (official use_block_weight)")
 
-    def __post_init__(self) -> None:
-        check_targets_setting(self)
-        for key in ("shared_blocks", "specific_blocks"):
-            value = getattr(self, key)
-            if not isinstance(value, (list, tuple)) or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in value):
-                raise ValueError(f"{self.section}.{key} must be a list of block indices, got {value!r}")
-        if set(self.shared_blocks) & set(self.specific_blocks):
-            raise ValueError(f"{self.section}.shared_blocks and specific_blocks overlap: {sorted(set(self.shared_blocks) & set(self.specific_blocks))}")
-        if not self.specific_blocks:
-            raise ValueError(f"{self.section}.specific_blocks must name at least one block (the task features differ there)")
-        for key in ("kd_weight", "orthogonality_weight"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"{self.section}.{key} must be a number >= 0, got {value!r}")
-        if isinstance(self.kd_temperature, bool) or not isinstance(self.kd_temperature, (int, float)) or not self.kd_temperature > 0:
-            raise ValueError(f"{self.section}.kd_temperature must be > 0, got {self.kd_temperature!r}")
+    @field_validator("specific_blocks")
+    @classmethod
+    def _disjoint(cls, specific: list[int], info: ValidationInfo) -> list[int]:
+        overlap = sorted(set(info.data.get("shared_blocks") or []) & set(specific))
+        if overlap:
+            raise ValueError(f"must not overlap shared_blocks, both name {overlap}")
+        return specific
 
 
 class WeightedBranch(FactorBranch):
@@ -339,7 +334,7 @@ class CLLoRA(PrototypeSteps, ContinualMethod):
         return sorted(self.config.shared_blocks + self.config.specific_blocks)
 
     def build_net(self, backbone: nn.Module) -> CLLoRAViT:
-        return CLLoRAViT(backbone, self.config, self.lora.rank)
+        return CLLoRAViT(backbone, self.config, self.config.rank)
 
     def steps(self) -> list[Step]:
         return self.with_prototype_step([Step("train", writes=("adapter",))])
@@ -365,9 +360,9 @@ class CLLoRA(PrototypeSteps, ContinualMethod):
             if ctx.session == 0:  # the shared adapters are drawn once; their down never trains
                 with torch.no_grad():
                     for t in branch.targets:
-                        branch.down(t).copy_(random_orthonormal_rows(self.lora.rank, branch.down(t).shape[1], generator))
+                        branch.down(t).copy_(random_orthonormal_rows(self.config.rank, branch.down(t).shape[1], generator))
             else:
-                teacher = FactorBranch(branch.down(branch.targets[0]).shape[1], branch.up(branch.targets[0]).shape[0], self.lora.rank, branch.targets)
+                teacher = FactorBranch(branch.down(branch.targets[0]).shape[1], branch.up(branch.targets[0]).shape[0], self.config.rank, branch.targets)
                 teacher.load_state_dict(branch.state_dict())
                 net.teacher[str(b)] = teacher.to(device)
             for t in branch.targets:
@@ -378,7 +373,7 @@ class CLLoRA(PrototypeSteps, ContinualMethod):
             branch = net.specific[task][str(b)]
             with torch.no_grad():
                 for t in branch.targets:
-                    branch.down(t).copy_(random_orthonormal_rows(self.lora.rank, branch.down(t).shape[1], generator))
+                    branch.down(t).copy_(random_orthonormal_rows(self.config.rank, branch.down(t).shape[1], generator))
             branch.set_trainable(True)
             params.extend(branch.parameters())
         if task in net.block_weights:

@@ -42,7 +42,6 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -53,7 +52,7 @@ from ..lora import FactorBranch, LoRAQKV, check_targets
 from ..net import ContinualViT
 from ..training import TrainingHooks, collect_covariances
 from .base import Step, head_name
-from .config import MethodConfig, Searchable, check_threshold, setting
+from .config import THRESHOLD, LoRAConfig, setting
 from .lora_family import LoRAMethod
 from .prototypes import PrototypeSteps, PrototypeViT
 from .registry import register_method
@@ -72,23 +71,14 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class LoRAMinusConfig(MethodConfig):
-    """Settings of LoRA⁻ (``method.lora_minus``)."""
+class LoRAMinusConfig(LoRAConfig):
+    """Settings of LoRA⁻: its branches (rank, blocks; no designed down-projection, so no scale) and its losses."""
 
-    threshold: float = setting(0.99, "energy the drift-resistant space keeps (official 'thres' 0.99)",
-                               Searchable(float, 0.0, 1.0, low_open=True))
-    triplet_weight: float = setting(0.2, "λ of the augmented triplet loss (official 'lambada': 0.2 ImageNet-R, 0.05 CIFAR-100)",
-                                    Searchable(float, 0.0))
+    threshold: float = setting(0.99, "energy the drift-resistant space keeps (official 'thres' 0.99)", search=True, **THRESHOLD)
+    triplet_weight: float = setting(0.2, "weight of the augmented triplet loss (official 'lambada': 0.2 ImageNet-R, 0.05 CIFAR-100)",
+                                    search=True, ge=0.0)
     triplet_margin: float = setting(2.0, "margin of the augmented triplet loss (official 'margin_inter': 2.0 ImageNet-R, 1.0 CIFAR-100)",
-                                    Searchable(float, 0.0))
-
-    def __post_init__(self) -> None:
-        check_threshold(self.threshold, f"{self.section}.threshold")
-        for key in ("triplet_weight", "triplet_margin"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"{self.section}.{key} must be a number >= 0, got {value!r}")
+                                    search=True, ge=0.0)
 
 
 @torch.no_grad()
@@ -215,7 +205,7 @@ class LoRAMinus(PrototypeSteps, LoRAMethod):
 
     name = "lora_minus"
     config_class = LoRAMinusConfig
-    config: LoRAMinusConfig
+    config: LoRAMinusConfig  # type: ignore[assignment]
     # Liu & Chang, CVPR 2025, as reported in RL-VIG/LibContinual reproduce/lora_sub_drs/README.md
     # ("Reported Accuracy"; the paper's own table could not be read here). InfLoRA's protocol
     # (ViT-B/16 in21k, label order, 10 tasks).
@@ -228,7 +218,7 @@ class LoRAMinus(PrototypeSteps, LoRAMethod):
         return head_name(session)
 
     def build_net(self, backbone: nn.Module) -> LoRAMinusViT:
-        return LoRAMinusViT(backbone, self.lora_blocks(), self.lora.rank, self.targets)
+        return LoRAMinusViT(backbone, self.lora_blocks(), self.config.rank, self.targets)
 
     def steps(self) -> list[Step]:
         return self.with_prototype_step(super().steps())

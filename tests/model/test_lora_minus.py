@@ -13,7 +13,7 @@ from torch.testing import assert_close
 from method_fixtures import task_batches as shifted_batches
 from method_fixtures import tiny_backbone
 
-from model import LoRASpec, TrainSpec, create_method
+from model import TrainSpec, create_method
 from model.lora import FactorBranch
 from model.methods.lora_minus import LoRAMinusConfig, LoRAMinusViT, augmented_triplet_loss, drift_resistant_basis, official_init, projector
 from model.methods.memory_context import InMemoryContext
@@ -27,7 +27,7 @@ def task_batches(seed: int, offset: int, n: int = 64):
 
 
 def run_sessions(n: int, epochs: int = 2, **settings):
-    method = create_method("lora_minus", LoRAMinusConfig(**settings), lora=LoRASpec(rank=2))
+    method = create_method("lora_minus", LoRAMinusConfig(rank=2, **settings))
     data = [task_batches(s, 2 * s) for s in range(n)]
     ctx = InMemoryContext(method, backbone(), data, [2] * n, TrainSpec(lr=1e-2, epochs=epochs))
     for s in range(n):
@@ -222,5 +222,5 @@ def test_the_triplet_weight_zero_leaves_cross_entropy_only():
 
 @pytest.mark.parametrize("bad", [{"threshold": 0.0}, {"threshold": 1.5}, {"triplet_weight": -1.0}, {"triplet_margin": "x"}])
 def test_bad_settings_name_their_key(bad):
-    with pytest.raises(ValueError, match=f"method.{next(iter(bad))}"):
+    with pytest.raises(ValueError, match=next(iter(bad))):
         LoRAMinusConfig(**bad)

@@ -19,7 +19,8 @@ TINY = {
     "l2p": {"pool_size": 4, "length": 2, "top_k": 2, "layers": [0]},
     "dualprompt": {"pool_size": 3, "length": 2, "g_length": 2, "g_layers": [0], "e_layers": [1]},
     "coda_prompt": {"pool_size": 6, "length": 2, "layers": [0, 1]},
-    "cl_lora": {"shared_blocks": [0], "specific_blocks": [1]},  # official 0-5 / 6-11
+    "lora_minus": {"rank": 2},
+    "cl_lora": {"rank": 2, "shared_blocks": [0], "specific_blocks": [1]},  # official 0-5 / 6-11
 }
 
 

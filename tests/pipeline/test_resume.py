@@ -133,8 +133,8 @@ def test_sd_lora_killed_mid_epoch_resumes_with_the_same_magnitudes(tmp_path, tin
 @pytest.mark.parametrize(
     "method",
     [
-        {"name": "lora_minus"},  # Adam steps projected into the drift-resistant space, prototypes
-        {"name": "cl_lora", "cl_lora": {"shared_blocks": [0], "specific_blocks": [1]}},  # two SGD steps per batch
+        {"name": "lora_minus", "lora_minus": {"rank": 2}},  # Adam steps projected into the drift-resistant space, prototypes
+        {"name": "cl_lora", "cl_lora": {"rank": 2, "shared_blocks": [0], "specific_blocks": [1]}},  # two SGD steps per batch
     ],
     ids=["lora_minus", "cl_lora"],
 )
