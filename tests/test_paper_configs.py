@@ -288,3 +288,7 @@ def test_cl_lora_configs_follow_the_official_json(name):
         assert cfg.name == name and cfg.data.name == "imagenet_r"
         assert cfg.data.num_tasks * official["increment"] == 200 and official["init_cls"] == official["increment"]
         assert official["shuffle"] and cfg.data.class_order == np.random.RandomState(official["seed"][0]).permutation(200).tolist()
+        # utils/data.py iImageNetR: ImageFolder on imagenet-r/{train,test}/; build_transform: RandomResizedCrop(224,
+        # scale=(0.05, 1.0)), test Resize(256, interpolation=3) + CenterCrop(224), ToTensor only
+        assert cfg.data.split_seed is None and cfg.data.split_file is None and cfg.data.val_fraction == 0.0
+        assert cfg.data.options == {"split_folders": True, "crop_scale": [0.05, 1.0], "test_interpolation": "bicubic"}
