@@ -12,7 +12,7 @@ from .registry import available_methods, create_method, get_method_class, method
 from .results import EvalRow, StepResult
 
 # Importing registers the built-in methods.
-from . import coda_prompt, dualprompt, frozen, inflora, inflora_ca, joint, l2p, sd_lora, seq_lora  # noqa: E402,F401  isort: skip
+from . import coda_prompt, dualprompt, frozen, inflora, inflora_ca, joint, l2p, ranpac, sd_lora, seq_lora  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "ContinualMethod",

@@ -50,6 +50,7 @@ __all__ = [
     "list_class_folders",
     "scan_class_folders",
     "image_source",
+    "load_class_folder_set",
     "load_image_folder",
 ]
 
@@ -228,6 +229,49 @@ def image_source(
         train_eval=ImageFileDataset(train_files, train_targets, measure, mode),
         info=dict(info or {}),
     )
+
+
+def load_class_folder_set(
+    cfg: DataConfig, normalization: Normalization, folder_name: str, layout: str, num_classes: int, display: str
+) -> DataSource:
+    """A data set of ``<class>/*.jpg`` folders: pre-split ``{train,test}/`` folders, or one pool without a test split.
+
+    ``data.root`` may hold ``folder_name`` (``imagenet-r``) or be it. Without
+    ``train/`` and ``test/`` folders the test split is held out by the split stage
+    (``data.split_seed`` / ``data.test_fraction``), or declared with ``data.split_file``;
+    ``data.options.split_folders: true`` requires the pre-split copy (a protocol that
+    reads ``{train,test}/``, as SD-LoRA's) and refuses to hold out a split of its own.
+
+    Args:
+        cfg: the data section.
+        normalization: see :func:`image_source`.
+        folder_name: the folder the archive unpacks to.
+        layout: the expected layouts, for error messages.
+        num_classes: the data set's class count (a different count is logged as a warning).
+        display: the data set's name in messages (``ImageNet-R``).
+    """
+    check_options(cfg.name, cfg.options, ("split_folders",))
+    root = require_root(cfg, layout)
+    folder = root / folder_name if (root / folder_name).is_dir() else root
+    presplit = (folder / "train").is_dir() and (folder / "test").is_dir()
+    if cfg.options.get("split_folders") and not presplit:
+        raise DatasetError(
+            f"data.options.split_folders: true needs the pre-split copy {folder / 'train'}/<wnid>/ and {folder / 'test'}/<wnid>/; "
+            f"{folder} has no train/ and test/ folders"
+        )
+    if presplit:
+        train_files, train_targets, classes = scan_class_folders(folder / "train", layout)
+        test_files, test_targets, _ = scan_class_folders(folder / "test", layout, classes)
+        test: tuple[list[str], np.ndarray] | None = (test_files, test_targets)
+        split = "pre-split train/test folders"
+    else:
+        train_files, train_targets, classes = scan_class_folders(folder, layout)
+        test = None
+        split = "test held out by the split stage (data.split_seed / data.test_fraction)"
+    if len(classes) != num_classes:
+        _logger.warning("%s in %s has %d class folders, not %d", display, folder, len(classes), num_classes)
+    _logger.info("%s %s: %d classes, %d images; %s", display, folder, len(classes), len(train_files), split)
+    return image_source(cfg, normalization, (train_files, train_targets), test, classes, info={"root": str(folder), "split": split})
 
 
 @register_dataset("image_folder")

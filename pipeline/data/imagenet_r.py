@@ -23,20 +23,15 @@ converted to RGB (or grayscale with ``data.options.channels: 1``).
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .base import DatasetError, DataSource, Normalization, register_dataset
-from .image_folder import image_source, require_root, scan_class_folders
-from .transforms import check_options
+from .base import DataSource, Normalization, register_dataset
+from .image_folder import load_class_folder_set
 
 if TYPE_CHECKING:
     from .config import DataConfig
 
 __all__ = ["IMAGENET_R_CLASSES", "load_imagenet_r"]
-
-_logger = logging.getLogger(__name__)
 
 IMAGENET_R_CLASSES = 200
 
@@ -46,33 +41,7 @@ LAYOUT = (
 )
 
 
-def _dataset_folder(root: Path) -> Path:
-    inner = root / "imagenet-r"
-    return inner if inner.is_dir() else root
-
-
 @register_dataset("imagenet_r")
 def load_imagenet_r(cfg: DataConfig, normalization: Normalization = None) -> DataSource:
-    """ImageNet-R from ``data.root``; without a pre-split copy the test split is held out per run seed."""
-    check_options(cfg.name, cfg.options, ("split_folders",))
-    folder = _dataset_folder(require_root(cfg, LAYOUT))
-    presplit = (folder / "train").is_dir() and (folder / "test").is_dir()
-    if cfg.options.get("split_folders") and not presplit:
-        raise DatasetError(
-            f"data.options.split_folders: true needs the pre-split copy {folder / 'train'}/<wnid>/ and {folder / 'test'}/<wnid>/; "
-            f"{folder} has no train/ and test/ folders"
-        )
-    if presplit:
-        train_files, train_targets, classes = scan_class_folders(folder / "train", LAYOUT)
-        test_files, test_targets, _ = scan_class_folders(folder / "test", LAYOUT, classes)
-        test = (test_files, test_targets)
-        split = "pre-split train/test folders"
-    else:
-        train_files, train_targets, classes = scan_class_folders(folder, LAYOUT)
-        test = None
-        split = "test held out per run seed (data.test_fraction)"
-    if len(classes) != IMAGENET_R_CLASSES:
-        _logger.warning("ImageNet-R in %s has %d class folders, not %d", folder, len(classes), IMAGENET_R_CLASSES)
-    _logger.info("ImageNet-R %s: %d classes, %d images; %s", folder, len(classes), len(train_files), split)
-    info = {"root": str(folder), "split": split}
-    return image_source(cfg, normalization, (train_files, train_targets), test, classes, info=info)
+    """ImageNet-R from ``data.root``; without a pre-split copy the test split is held out by the split stage."""
+    return load_class_folder_set(cfg, normalization, "imagenet-r", LAYOUT, IMAGENET_R_CLASSES, "ImageNet-R")

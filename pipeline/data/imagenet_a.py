@@ -1,0 +1,45 @@
+"""ImageNet-A (Hendrycks et al., 2021): 7,500 natural adversarial images of 200 ImageNet classes.
+
+Read in either layout a user may have:
+
+* the pre-split copy that InfLoRA's ``utils/data.py`` (``iIMAGENET_A``), RanPAC
+  and PILOT read (the RevisitingCIL preparation)::
+
+      root/imagenet-a/train/<wnid>/*.jpg
+      root/imagenet-a/test/<wnid>/*.jpg
+
+* the archive ``imagenet-a.tar`` as published, which has no split::
+
+      root/imagenet-a/<wnid>/*.jpg      (root may also be the imagenet-a folder itself)
+
+  The test split is then held out by the split stage, as for ImageNet-R
+  (``data.split_seed`` / ``data.test_fraction``), or declared with
+  ``data.split_file`` / ``data.split_file_test`` (docs/datasets.md).
+
+Labels are the sorted ``wnid`` folder names.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import DataSource, Normalization, register_dataset
+from .image_folder import load_class_folder_set
+
+if TYPE_CHECKING:
+    from ..config import DataConfig
+
+__all__ = ["IMAGENET_A_CLASSES", "load_imagenet_a"]
+
+IMAGENET_A_CLASSES = 200
+
+LAYOUT = (
+    "a pre-split root/imagenet-a/{train,test}/<wnid>/<image>.jpg (InfLoRA's and PILOT's copy), or "
+    "root/imagenet-a/<wnid>/<image>.jpg with the 200 class folders of imagenet-a.tar (root may also be the imagenet-a folder itself)"
+)
+
+
+@register_dataset("imagenet_a")
+def load_imagenet_a(cfg: DataConfig, normalization: Normalization = None) -> DataSource:
+    """ImageNet-A from ``data.root``; without a pre-split copy the test split is held out by the split stage."""
+    return load_class_folder_set(cfg, normalization, "imagenet-a", LAYOUT, IMAGENET_A_CLASSES, "ImageNet-A")
