@@ -51,6 +51,7 @@ __all__ = [
     "scan_class_folders",
     "image_source",
     "load_class_folder_set",
+    "register_class_folder_set",
     "load_image_folder",
 ]
 
@@ -272,6 +273,24 @@ def load_class_folder_set(
         _logger.warning("%s in %s has %d class folders, not %d", display, folder, len(classes), num_classes)
     _logger.info("%s %s: %d classes, %d images; %s", display, folder, len(classes), len(train_files), split)
     return image_source(cfg, normalization, (train_files, train_targets), test, classes, info={"root": str(folder), "split": split})
+
+
+def register_class_folder_set(name: str, folder_name: str, archive: str, num_classes: int, display: str):
+    """Register data set ``name``: :func:`load_class_folder_set` of the ``folder_name`` that ``archive`` unpacks to.
+
+    Returns the loader; its layout (in every error message) names both forms.
+    """
+    layout = (
+        f"root/{folder_name}/<wnid>/<image>.jpg with the {num_classes} class folders of {archive} (root may also be the "
+        f"{folder_name} folder itself), or a pre-split root/{folder_name}/{{train,test}}/<wnid>/<image>.jpg"
+    )
+
+    def load(cfg: DataConfig, normalization: Normalization = None) -> DataSource:
+        return load_class_folder_set(cfg, normalization, folder_name, layout, num_classes, display)
+
+    load.__name__ = f"load_{name}"
+    load.__doc__ = f"{display} from ``data.root``; without a pre-split copy the test split is held out by the split stage."
+    return register_dataset(name)(load)
 
 
 @register_dataset("image_folder")

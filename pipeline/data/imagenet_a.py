@@ -21,25 +21,9 @@ Labels are the sorted ``wnid`` folder names.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from .base import DataSource, Normalization, register_dataset
-from .image_folder import load_class_folder_set
-
-if TYPE_CHECKING:
-    from ..config import DataConfig
+from .image_folder import register_class_folder_set
 
 __all__ = ["IMAGENET_A_CLASSES", "load_imagenet_a"]
 
 IMAGENET_A_CLASSES = 200
-
-LAYOUT = (
-    "a pre-split root/imagenet-a/{train,test}/<wnid>/<image>.jpg (InfLoRA's and PILOT's copy), or "
-    "root/imagenet-a/<wnid>/<image>.jpg with the 200 class folders of imagenet-a.tar (root may also be the imagenet-a folder itself)"
-)
-
-
-@register_dataset("imagenet_a")
-def load_imagenet_a(cfg: DataConfig, normalization: Normalization = None) -> DataSource:
-    """ImageNet-A from ``data.root``; without a pre-split copy the test split is held out by the split stage."""
-    return load_class_folder_set(cfg, normalization, "imagenet-a", LAYOUT, IMAGENET_A_CLASSES, "ImageNet-A")
+load_imagenet_a = register_class_folder_set("imagenet_a", "imagenet-a", "imagenet-a.tar", IMAGENET_A_CLASSES, "ImageNet-A")

@@ -23,25 +23,9 @@ converted to RGB (or grayscale with ``data.options.channels: 1``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from .base import DataSource, Normalization, register_dataset
-from .image_folder import load_class_folder_set
-
-if TYPE_CHECKING:
-    from .config import DataConfig
+from .image_folder import register_class_folder_set
 
 __all__ = ["IMAGENET_R_CLASSES", "load_imagenet_r"]
 
 IMAGENET_R_CLASSES = 200
-
-LAYOUT = (
-    "root/imagenet-r/<wnid>/<image>.jpg with the 200 class folders of imagenet-r.tar (root may also be the "
-    "imagenet-r folder itself), or a pre-split root/imagenet-r/{train,test}/<wnid>/<image>.jpg"
-)
-
-
-@register_dataset("imagenet_r")
-def load_imagenet_r(cfg: DataConfig, normalization: Normalization = None) -> DataSource:
-    """ImageNet-R from ``data.root``; without a pre-split copy the test split is held out by the split stage."""
-    return load_class_folder_set(cfg, normalization, "imagenet-r", LAYOUT, IMAGENET_R_CLASSES, "ImageNet-R")
+load_imagenet_r = register_class_folder_set("imagenet_r", "imagenet-r", "imagenet-r.tar", IMAGENET_R_CLASSES, "ImageNet-R")

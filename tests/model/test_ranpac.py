@@ -7,27 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from model import LoRASpec, TrainSpec, create_backbone, create_method
+from model import LoRASpec, TrainSpec, create_method
 from model.methods.memory_context import InMemoryContext
 from model.methods.ranpac import ADAPT_BRANCH, RanPACConfig, RanPACViT, collect_features, ridge_solve, select_ridge
 from pipeline.state import StageKey
 from pipeline.stages import stage_dependencies, stage_plan
+from tiny_models import backbone, task_batches
 
-OVERRIDES = {"img_size": 8, "patch_size": 4, "in_chans": 1, "embed_dim": 16, "depth": 2, "num_heads": 2}
 M = 48
-
-
-def backbone():
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return create_backbone("vit_tiny_patch16_224", overrides=OVERRIDES)
-
-
-def task_batches(seed: int, offset: int, n: int = 64):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 1, 8, 8, generator=g)
-    y = (x.mean(dim=(1, 2, 3)) > 0).long() + offset
-    return [(x[i : i + 16], y[i : i + 16]) for i in range(0, n, 16)]
 
 
 def run_sessions(n: int = 3, **settings):

@@ -5,25 +5,10 @@ from __future__ import annotations
 import torch
 from torch.testing import assert_close
 
-from model import TrainSpec, create_backbone, create_method
-from model.methods.sd_lora import SDLoRAConfig
+from model import TrainSpec, create_method
 from model.methods.memory_context import InMemoryContext
-from model.methods.sd_lora import SDLoRAViT
-
-OVERRIDES = {"img_size": 8, "patch_size": 4, "in_chans": 1, "embed_dim": 16, "depth": 2, "num_heads": 2}
-
-
-def backbone():
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return create_backbone("vit_tiny_patch16_224", overrides=OVERRIDES)
-
-
-def task_batches(seed: int, offset: int, n: int = 64):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 1, 8, 8, generator=g)
-    y = (x.mean(dim=(1, 2, 3)) > 0).long() + offset
-    return [(x[i : i + 16], y[i : i + 16]) for i in range(0, n, 16)]
+from model.methods.sd_lora import SDLoRAConfig, SDLoRAViT
+from tiny_models import backbone, task_batches
 
 
 def run_sessions(n: int, epochs: int = 2):
@@ -105,7 +90,7 @@ def test_frozen_weight_cache_follows_a_moving_magnitude():
 
 
 def test_heads_are_the_official_simple_linear_init():
-    method = create_method("sd_lora", lora=LoRASpec(rank=2))
+    method = create_method("sd_lora", SDLoRAConfig(rank=2))
     ctx = InMemoryContext(method, backbone(), [task_batches(0, 0)], [2], TrainSpec(epochs=1))
     net = ctx.build_net(0)
     method.begin_session(net, ctx)

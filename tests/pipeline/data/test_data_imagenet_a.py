@@ -43,8 +43,8 @@ def test_archive_with_a_declared_split_file(tmp_path):
 
 
 def test_missing_files_name_the_layout(tmp_path):
-    with pytest.raises(DatasetError, match=r"absent.*not a folder.*imagenet-a/\{train,test\}/<wnid>"):
+    with pytest.raises(DatasetError, match=r"absent.*not a folder.*imagenet-a/<wnid>/<image>\.jpg.*imagenet-a/\{train,test\}/<wnid>"):
         load_dataset(_cfg(tmp_path / "absent"))
     (tmp_path / "empty" / "imagenet-a").mkdir(parents=True)
-    with pytest.raises(DatasetError, match=r"no class folders in .*imagenet-a; expected a pre-split"):
+    with pytest.raises(DatasetError, match=r"no class folders in .*imagenet-a; expected root/imagenet-a/<wnid>"):
         load_dataset(_cfg(tmp_path / "empty"))
