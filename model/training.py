@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import AfterValidator, model_validator
+from pydantic import AfterValidator, ValidationInfo, field_validator
 from torch import Tensor, nn
 
 from .net import ContinualViT
@@ -80,11 +80,12 @@ class TrainSpec(Settings):
     compile: bool = setting(False, "run the training forward through torch.compile")
     scheduler_delay: int = setting(0, "epochs before the schedule steps: epoch e uses the factor of max(e - delay, 0)", ge=0)
 
-    @model_validator(mode="after")
-    def _delay_on_adam_cosine(self) -> "TrainSpec":
-        if self.scheduler_delay and (self.optimizer, self.scheduler) != ("adam", "cosine"):
-            raise ValueError("scheduler_delay applies to the Adam cosine schedule (optimizer: adam, scheduler: cosine) only")
-        return self
+    @field_validator("scheduler_delay")
+    @classmethod
+    def _delay_on_adam_cosine(cls, delay: int, info: ValidationInfo) -> int:
+        if delay and (info.data.get("optimizer"), info.data.get("scheduler")) != ("adam", "cosine"):
+            raise ValueError("applies to the Adam cosine schedule (optimizer: adam, scheduler: cosine) only")
+        return delay
 
 
 class NonFiniteTrainingError(FloatingPointError):

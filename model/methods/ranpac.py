@@ -25,7 +25,7 @@ The statistics pass is its own step (``stats``), declared for every session;
 later session trains nothing and holds no zero-epoch training stage.
 
 Departures (README, "RanPAC"): the Phase-1 module is LoRA (q, v; rank
-``lora.rank``), not AdaptFormer/SSF/VPT — the official args choose AdaptFormer
+``method.ranpac.rank``), not AdaptFormer/SSF/VPT — the official args choose AdaptFormer
 for CIFAR-100 and CUB and SSF for ImageNet-R/A; the Phase-1 head is a plain
 linear head (official: ``CosineLinear``, cosine logits times a learned σ), and
 the network stays in ``eval()`` mode (official ``train()``: no dropout or drop
@@ -37,20 +37,20 @@ float32), G and Q are accumulated in float64 per session and stored in float32.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import field_validator
 from torch import Tensor, nn
 
 from ..heads import TaskHeads
-from ..lora import check_targets
 from ..net import ContinualViT
 from .base import ContinualMethod, Step, head_name
-from .config import MethodConfig, Searchable, setting
+from .config import BlocksSpec, LoRAConfig, setting
 from .registry import register_method
+from .sd_lora import Targets
 from .results import StepResult
 
 if TYPE_CHECKING:
@@ -74,29 +74,23 @@ ADAPT_BRANCH = "adapt"
 """Name of the Phase-1 LoRA branch."""
 
 
-@dataclass(frozen=True)
-class RanPACConfig(MethodConfig):
-    """Settings of RanPAC (``method.ranpac``)."""
+class RanPACConfig(LoRAConfig):
+    """Settings of RanPAC: the Phase-1 LoRA branch (``rank``, ``blocks``, ``targets``), the projection and the ridge."""
 
     projection_dim: int = setting(10000, "M, width of the random projection (official 10000); 0: no projection (the 'no RP' ablation)",
-                                  Searchable(int, 0))
-    ridges: list[float] = setting(OFFICIAL_RIDGES, "candidate ridge parameters λ (official 1e-8 ... 1e8)")
-    ridge_val_fraction: float = setting(0.2, "share of each session's samples that scores the λ (official: the last 20% of a shuffled pass)")
+                                  search=True, ge=0)
+    ridges: list[float] = setting(OFFICIAL_RIDGES, "candidate ridge parameters lambda (official 1e-8 ... 1e8)", min_length=1)
+    ridge_val_fraction: float = setting(0.2, "share of each session's samples that scores the lambdas (official: the last 20% of a shuffled pass)",
+                                        gt=0.0, lt=1.0)
     adapt_first_session: bool = setting(True, "Phase 1: train a LoRA branch and a head on the first task, then freeze (false: 'no Phase 1')")
-    targets: tuple[str, ...] = setting(("q", "v"), "rows of qkv the Phase-1 branch adapts")
+    targets: Targets = setting(("q", "v"), "rows of qkv the Phase-1 branch adapts")
 
-    def __post_init__(self) -> None:
-        s = self.section
-        if isinstance(self.projection_dim, bool) or not isinstance(self.projection_dim, int) or self.projection_dim < 0:
-            raise ValueError(f"{s}.projection_dim must be an integer >= 0, got {self.projection_dim!r}")
-        if not self.ridges or any(isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0 for r in self.ridges):
-            raise ValueError(f"{s}.ridges must be a non-empty list of numbers > 0, got {self.ridges!r}")
-        if not 0.0 < self.ridge_val_fraction < 1.0:
-            raise ValueError(f"{s}.ridge_val_fraction must be in (0, 1), got {self.ridge_val_fraction}")
-        try:
-            object.__setattr__(self, "targets", check_targets(list(self.targets)))
-        except ValueError as exc:
-            raise ValueError(f"{s}.targets: {exc}") from None
+    @field_validator("ridges")
+    @classmethod
+    def _positive(cls, ridges: list[float]) -> list[float]:
+        if any(not r > 0 for r in ridges):
+            raise ValueError(f"must all be > 0, got {ridges}")
+        return ridges
 
 
 # ---------------------------------------------------------------------- numerics
@@ -221,15 +215,14 @@ class RanPAC(ContinualMethod):
             Step("eval", needs=("stats",), ordered=True, carries_state=False),
         ]
 
-    def lora_blocks(self):
-        return self.lora.blocks if self.config.adapt_first_session else []
+    def lora_blocks(self) -> BlocksSpec:
+        return self.config.blocks if self.config.adapt_first_session else []
 
     def build_net(self, backbone: nn.Module) -> RanPACViT:
         return RanPACViT(backbone, self.lora_blocks())
 
-    @property
-    def train_down(self) -> bool:
-        return True
+    def load_trained_state(self, net: ContinualViT, state: dict[str, Tensor]) -> None:
+        net.load_adapter_state(state, train_down=True)  # Phase 1 trains the down-projection too
 
     def restore(self, net: ContinualViT, ctx: "StepContext", sessions_done: int) -> None:
         """The Phase-1 branch (once the first session has run) and the ridge heads of session ``sessions_done − 1``."""
@@ -243,7 +236,7 @@ class RanPAC(ContinualMethod):
     def _load_branch(self, net: ContinualViT, ctx: "StepContext") -> None:
         if self.config.adapt_first_session:
             branch = {k: v for k, v in ctx.load("adapter", 0).items() if k.startswith("lora.")}
-            net.load_adapter_state(branch, self.train_down)
+            self.load_trained_state(net, branch)
 
     def _projection(self, ctx: "StepContext") -> Tensor | None:
         if self.config.projection_dim == 0:
@@ -257,7 +250,7 @@ class RanPAC(ContinualMethod):
         generator = ctx.generator("lora_init")
         downs = {}
         for name, layer in net.lora_layers.items():
-            down = torch.empty(self.lora.rank, layer.in_features)
+            down = torch.empty(self.config.rank, layer.in_features)
             nn.init.kaiming_uniform_(down, a=math.sqrt(5), generator=generator)
             downs[name] = down.to(layer.base_layer.weight.device)
         net.add_branches(ADAPT_BRANCH, downs, train_down=True, targets=self.config.targets)

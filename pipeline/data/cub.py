@@ -35,7 +35,7 @@ from .image_folder import image_source, load_class_folder_set, require_root
 from .transforms import check_options
 
 if TYPE_CHECKING:
-    from ..config import DataConfig
+    from .config import DataConfig
 
 __all__ = ["CUB_CLASSES", "load_cub"]
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from model import LoRASpec, TrainSpec, create_method
+from model import TrainSpec, create_method
 from model.methods.memory_context import InMemoryContext
 from model.methods.ranpac import ADAPT_BRANCH, RanPACConfig, RanPACViT, collect_features, ridge_solve, select_ridge
 from pipeline.state import StageKey
@@ -18,7 +18,7 @@ M = 48
 
 
 def run_sessions(n: int = 3, **settings):
-    method = create_method("ranpac", RanPACConfig(**{"projection_dim": M, **settings}), LoRASpec(rank=2))
+    method = create_method("ranpac", RanPACConfig(**{"projection_dim": M, "rank": 2, **settings}))
     data = [task_batches(s, 2 * s) for s in range(n)]
     ctx = InMemoryContext(method, backbone(), data, [2] * n, TrainSpec(optimizer="sgd", lr=0.05, epochs=2))
     results = ctx.run_all()
@@ -50,7 +50,7 @@ def test_only_the_first_session_trains_and_every_session_runs_the_statistics_pas
 
 
 def test_first_session_trains_the_lora_branch_and_the_first_head_only():
-    method = create_method("ranpac", RanPACConfig(projection_dim=M), LoRASpec(rank=2))
+    method = create_method("ranpac", RanPACConfig(projection_dim=M, rank=2))
     ctx = InMemoryContext(method, backbone(), [task_batches(0, 0)], [2], TrainSpec(epochs=1))
     net = ctx.build_net(0)
     params = method.begin_session(net, ctx)
@@ -142,9 +142,7 @@ def test_no_projection_is_the_gram_of_the_raw_features():
 
 
 def test_settings_are_validated_with_the_key():
-    with pytest.raises(ValueError, match="method.projection_dim"):
-        RanPACConfig(projection_dim=-1)
-    with pytest.raises(ValueError, match="method.ridges"):
-        RanPACConfig(ridges=[])
-    with pytest.raises(ValueError, match="method.ridge_val_fraction"):
-        RanPACConfig(ridge_val_fraction=1.0)
+    for bad, key in (({"projection_dim": -1}, "projection_dim"), ({"ridges": []}, "ridges"), ({"ridges": [1.0, 0.0]}, "ridges"),
+                     ({"ridge_val_fraction": 1.0}, "ridge_val_fraction"), ({"targets": ["x"]}, "targets")):
+        with pytest.raises(ValueError, match=key):
+            RanPACConfig(**bad)

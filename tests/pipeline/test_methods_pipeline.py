@@ -19,7 +19,7 @@ TINY = {
     "l2p": {"pool_size": 4, "length": 2, "top_k": 2, "layers": [0]},
     "dualprompt": {"pool_size": 3, "length": 2, "g_length": 2, "g_layers": [0], "e_layers": [1]},
     "coda_prompt": {"pool_size": 6, "length": 2, "layers": [0, 1]},
-    "ranpac": {"projection_dim": 64},
+    "ranpac": {"projection_dim": 64, "rank": 2},
 }
 
 

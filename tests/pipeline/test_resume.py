@@ -131,7 +131,7 @@ def test_sd_lora_killed_mid_epoch_resumes_with_the_same_magnitudes(tmp_path, tin
 
 @pytest.mark.slow
 def test_ranpac_killed_mid_epoch_of_its_first_session_resumes_bit_identically(tmp_path, tiny_checkpoint):
-    method = {"name": "ranpac", "ranpac": {"projection_dim": 64}}
+    method = {"name": "ranpac", "ranpac": {"projection_dim": 64, "rank": 2}}
     train = {"optimizer": "sgd", "lr": 1e-2, "epochs": 3}
     ref_cfg = config_from_dict(tiny_config_dict(tmp_path / "ref", tiny_checkpoint, method=method, train=train, tracking={"enabled": False}))
     (reference,) = execute(make_specs(ref_cfg), progress=False)
