@@ -49,6 +49,7 @@ from ..heads import TaskHeads
 from ..net import ContinualViT
 from .base import ContinualMethod, Step, head_name
 from .config import BlocksSpec, LoRAConfig, setting
+from .published import PublishedFigure
 from .registry import register_method
 from .sd_lora import Targets
 from .results import StepResult
@@ -69,6 +70,8 @@ __all__ = [
 
 OFFICIAL_RIDGES: list[float] = (10.0 ** np.arange(-8, 9)).tolist()
 """``optimise_ridge_parameter``: ``10.0 ** np.arange(-8, 9)`` (numpy's values: 10⁻⁵ is 9.999999999999999e-06)."""
+
+RANPAC_TABLES = "RanPAC repository, paper_tables/Table_data_main_*.csv (Algorithm 1)"
 
 ADAPT_BRANCH = "adapt"
 """Name of the Phase-1 LoRA branch."""
@@ -198,15 +201,15 @@ class RanPAC(ContinualMethod):
     name = "ranpac"
     config_class = RanPACConfig
     config: RanPACConfig
-    # RanPAC/RanPAC paper_tables/Table_data_main_*.csv, row "Algorithm 1" (final accuracy, %, one run).
-    # RanPAC's protocol: class order shuffled with seed 1993, AdaptFormer (CIFAR-100, CUB) or SSF
-    # (ImageNet-R) Phase 1, ViT-B/16 in21k (CIFAR-100) or in21k+in1k (ImageNet-R, CUB), M = 10000.
-    published = {
-        "cifar100_10_ranpac_official": {"paper_final": "92.2", "paper_note": "RanPAC repo paper_tables; this config's protocol"},
-        "cifar100_10": {"paper_final": "92.2", "paper_note": "RanPAC protocol (seed-1993 order, AdaptFormer Phase 1), not InfLoRA's"},
-        "imagenet_r_10": {"paper_final": "77.9", "paper_note": "RanPAC protocol (own split, seed-1993 order, in21k+in1k, SSF), not InfLoRA's"},
-        "cub_10": {"paper_final": "90.3", "paper_note": "RanPAC protocol (seed-1993 order, in21k+in1k, AdaptFormer)"},
-    }
+    # RanPAC/RanPAC paper_tables/Table_data_main_<dataset>.csv, row "Algorithm 1": final accuracy (%), one run;
+    # no average accuracy is published. Their protocol is RanPAC's own: classes shuffled with numpy seed 1993,
+    # AdaptFormer (CIFAR-100, CUB) or SSF (ImageNet-R) Phase 1, ViT-B/16 in21k (CIFAR-100) or in21k+in1k, M = 10000.
+    # Only the CIFAR-100 one has a config here (the others say which protocol they belong to).
+    published = (
+        PublishedFigure("cifar100", 10, "92.2", "n/a", RANPAC_TABLES, protocol="cifar100_10_ranpac_official"),
+        PublishedFigure("imagenet_r", 10, "77.9", "n/a", RANPAC_TABLES, protocol="imagenet_r_10_ranpac_official"),
+        PublishedFigure("cub", 10, "90.3", "n/a", RANPAC_TABLES, protocol="cub_10_ranpac_official"),
+    )
 
     def steps(self) -> list[Step]:
         steps = [Step("train", writes=("adapter",), sessions="first")] if self.config.adapt_first_session else []
