@@ -232,6 +232,17 @@ def image_source(
     )
 
 
+def scan_pools(
+    folder: Path, layout: str, presplit: bool
+) -> tuple[list[str], np.ndarray, list[str], tuple[list[str], np.ndarray] | None]:
+    """``(train files, train labels, classes, test pool or None)`` of ``folder/{train,test}/<class>/`` or ``folder/<class>/``."""
+    if not presplit:
+        return (*scan_class_folders(folder, layout), None)
+    train_files, train_targets, classes = scan_class_folders(folder / "train", layout)
+    test_files, test_targets, _ = scan_class_folders(folder / "test", layout, classes)
+    return train_files, train_targets, classes, (test_files, test_targets)
+
+
 def load_class_folder_set(
     cfg: DataConfig, normalization: Normalization, folder_name: str, layout: str, num_classes: int, display: str
 ) -> DataSource:
@@ -260,15 +271,8 @@ def load_class_folder_set(
             f"data.options.split_folders: true needs the pre-split copy {folder / 'train'}/<wnid>/ and {folder / 'test'}/<wnid>/; "
             f"{folder} has no train/ and test/ folders"
         )
-    if presplit:
-        train_files, train_targets, classes = scan_class_folders(folder / "train", layout)
-        test_files, test_targets, _ = scan_class_folders(folder / "test", layout, classes)
-        test: tuple[list[str], np.ndarray] | None = (test_files, test_targets)
-        split = "pre-split train/test folders"
-    else:
-        train_files, train_targets, classes = scan_class_folders(folder, layout)
-        test = None
-        split = "test held out by the split stage (data.split_seed / data.test_fraction)"
+    train_files, train_targets, classes, test = scan_pools(folder, layout, presplit)
+    split = "pre-split train/test folders" if presplit else "test held out by the split stage (data.split_seed / data.test_fraction)"
     if len(classes) != num_classes:
         _logger.warning("%s in %s has %d class folders, not %d", display, folder, len(classes), num_classes)
     _logger.info("%s %s: %d classes, %d images; %s", display, folder, len(classes), len(train_files), split)
@@ -305,13 +309,7 @@ def load_image_folder(cfg: DataConfig, normalization: Normalization = None) -> D
             f"{root} has a {present}/ folder but no {absent}/ folder; expected {IMAGE_FOLDER_LAYOUT} "
             f"(add {root / absent}, or rename {root / present} if it is a class)"
         )
-    if has_train:
-        train_files, train_targets, classes = scan_class_folders(root / "train", IMAGE_FOLDER_LAYOUT)
-        test_files, test_targets, _ = scan_class_folders(root / "test", IMAGE_FOLDER_LAYOUT, classes)
-        test: tuple[list[str], np.ndarray] | None = (test_files, test_targets)
-    else:
-        train_files, train_targets, classes = scan_class_folders(root, IMAGE_FOLDER_LAYOUT)
-        test = None
+    train_files, train_targets, classes, test = scan_pools(root, IMAGE_FOLDER_LAYOUT, has_train)
     _logger.info("image_folder %s: %d classes, %d training images", root, len(classes), len(train_files))
     layout = "train/test" if test is not None else "flat (test held out per run seed)"
     info = {"root": str(root), "layout": layout}
