@@ -77,7 +77,7 @@ def bare_loop(config_path: str, overrides: list[str]) -> dict:
             return len(getattr(split, part)[task])
 
     ctx = Context(method, backbone, [[] for _ in range(data.num_tasks)], [len(c) for c in split.task_classes], cfg.train, seed=seed)
-    rows = [ctx.run(s, step.name) for s in range(ctx.num_sessions) for step in method.steps()]
+    rows = [ctx.run(s, step.name) for s in range(ctx.num_sessions) for step in method.session_steps(s)]
     return {"rows": [r.test_row() for r in rows if r.eval is not None], "compute_s": time.perf_counter() - started}
 
 

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["TaskHeads"]
+__all__ = ["TaskHeads", "HeadInit", "linear_default_init"]
+
+HeadInit = Callable[[nn.Linear, "torch.Generator | None"], None]
+"""Initialises a new head in place, drawing from the generator."""
+
+
+def linear_default_init(head: nn.Linear, generator: torch.Generator | None) -> None:
+    """PyTorch's ``nn.Linear`` default: weight ``kaiming_uniform_(a=√5)``, bias U(±1/√d)."""
+    bound = 1.0 / math.sqrt(head.in_features)
+    with torch.no_grad():
+        nn.init.kaiming_uniform_(head.weight, a=math.sqrt(5), generator=generator)
+        nn.init.uniform_(head.bias, -bound, bound, generator=generator)
 
 
 class TaskHeads(nn.Module):
@@ -27,8 +39,8 @@ class TaskHeads(nn.Module):
         # Follows .to(device) even before the first head exists.
         self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
 
-    def add(self, name: str, num_classes: int, generator: torch.Generator | None = None) -> nn.Linear:
-        """Add a head with PyTorch's default ``nn.Linear`` init drawn from ``generator``.
+    def add(self, name: str, num_classes: int, generator: torch.Generator | None = None, init: HeadInit | None = None) -> nn.Linear:
+        """Add a head initialised by ``init`` (PyTorch's ``nn.Linear`` default when ``None``) from ``generator``.
 
         The head is initialised on the CPU (the generator is a CPU one, and the
         values are then the same on every device) and moved to the heads' device.
@@ -38,10 +50,7 @@ class TaskHeads(nn.Module):
         if num_classes < 1:
             raise ValueError(f"a head needs at least one class, got {num_classes}")
         head = nn.Linear(self.in_features, num_classes)
-        bound = 1.0 / math.sqrt(self.in_features)
-        with torch.no_grad():
-            nn.init.kaiming_uniform_(head.weight, a=math.sqrt(5), generator=generator)
-            nn.init.uniform_(head.bias, -bound, bound, generator=generator)
+        (init or linear_default_init)(head, generator)
         head = head.to(self._device_anchor.device)
         self.heads[name] = head
         return head

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import AfterValidator
+from pydantic import AfterValidator, ValidationInfo, field_validator
 from torch import Tensor, nn
 
 from .net import ContinualViT
@@ -59,6 +59,10 @@ class TrainSpec(Settings):
         head_lr: learning rate of the heads when it differs from ``lr`` (the
             reference's ``fc_lrate`` on DomainNet).
         compile: run the training forward through ``torch.compile``.
+        scheduler_delay: epochs the schedule waits before it starts stepping:
+            epoch e uses the factor of max(e − delay, 0). DualPrompt's and
+            CODA-Prompt's official loops step only ``if epoch > 0`` (delay 1).
+            Adam's cosine schedule only (one ``LambdaLR``).
     """
 
     optimizer: Literal["adam", "sgd"] = setting("adam", "adam (the reference's cosine schedule) or sgd (momentum)")
@@ -74,6 +78,14 @@ class TrainSpec(Settings):
     gamma: float = setting(0.1, "multistep decay factor", gt=0.0, le=1.0)
     head_lr: float | None = setting(None, "learning rate of the heads when it differs from lr", gt=0.0)
     compile: bool = setting(False, "run the training forward through torch.compile")
+    scheduler_delay: int = setting(0, "epochs before the schedule steps: epoch e uses the factor of max(e - delay, 0)", ge=0)
+
+    @field_validator("scheduler_delay")
+    @classmethod
+    def _delay_on_adam_cosine(cls, delay: int, info: ValidationInfo) -> int:
+        if delay and (info.data.get("optimizer"), info.data.get("scheduler")) != ("adam", "cosine"):
+            raise ValueError("applies to the Adam cosine schedule (optimizer: adam, scheduler: cosine) only")
+        return delay
 
 
 class NonFiniteTrainingError(FloatingPointError):
@@ -106,11 +118,11 @@ class TrainingHooks:
         """Called at the end of every epoch, before the scheduler steps."""
 
 
-def reference_cosine(epochs: int) -> Callable[[int], float]:
-    """LR factor of the reference code's ``CosineSchedule``: cos(99π·e / (200·(K−1)))."""
+def reference_cosine(epochs: int, delay: int = 0) -> Callable[[int], float]:
+    """LR factor of the reference code's ``CosineSchedule``: cos(99π·e' / (200·(K−1))), e' = max(e − delay, 0)."""
     if epochs <= 1:
         return lambda epoch: 1.0
-    return lambda epoch: math.cos(99 * math.pi * epoch / (200 * (epochs - 1)))
+    return lambda epoch: math.cos(99 * math.pi * max(epoch - delay, 0) / (200 * (epochs - 1)))
 
 
 def make_optimizer(
@@ -140,7 +152,7 @@ def make_optimizer(
     elif spec.scheduler == "multistep":
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(spec.milestones), gamma=spec.gamma)
     elif spec.optimizer == "adam":
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, reference_cosine(spec.epochs))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, reference_cosine(spec.epochs, spec.scheduler_delay))
     else:
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=spec.epochs)
     return opt, sched

@@ -93,7 +93,7 @@ def stage_plan(method: ContinualMethod, num_tasks: int) -> list[StageKey]:
     """Every stage of a run, in an order that respects their dependencies."""
     keys = [StageKey.split()]
     for s in range(len(method.sessions(num_tasks))):
-        keys.extend(StageKey(s, step.name) for step in method.steps())
+        keys.extend(StageKey(s, step.name) for step in method.session_steps(s))
     return keys
 
 
@@ -107,16 +107,18 @@ def stage_dependencies(method: ContinualMethod, key: StageKey) -> list[StageKey]
     """
     if key.stage == "split":
         return []
-    steps: dict[str, Step] = {step.name: step for step in method.steps()}
+    s = key.session
+    steps: dict[str, Step] = {step.name: step for step in method.session_steps(s)}
     if key.stage not in steps:
-        raise ValueError(f"method {method.name!r} has no step {key.stage!r}; its steps: {list(steps)}")
-    step, s = steps[key.stage], key.session
-    deps = [StageKey(s, name) for name in step.needs]
-    if not step.needs:
+        raise ValueError(f"method {method.name!r} has no step {key.stage!r} in session {s}; its steps there: {list(steps)}")
+    step = steps[key.stage]
+    needs = [name for name in step.needs if name in steps]  # a needed step absent from this session is not waited for
+    deps = [StageKey(s, name) for name in needs]
+    if not needs:
         deps.insert(0, StageKey.split())
         if s > 0:
-            deps.extend(StageKey(s - 1, other.name) for other in steps.values() if other.carries_state)
-    if step.ordered and s > 0:
+            deps.extend(StageKey(s - 1, other.name) for other in method.session_steps(s - 1) if other.carries_state)
+    if step.ordered and s > 0 and step.runs_in(s - 1):
         deps.append(StageKey(s - 1, step.name))
     return deps
 

@@ -103,12 +103,21 @@ PAPER_CONFIGS = {
 DATASETS = {"cifar100": ("cifar100", 100), "domainnet": ("domainnet", 345), "ImageNet_R": ("imagenet_r", 200)}
 
 
-OTHER_METHODS = ("_sd_lora", "_sd_lora_official", "_l2p", "_dualprompt", "_coda_prompt", "_lora_minus", "_cl_lora", "_cl_lora_official")  # configs from the rivals' own repositories
+OTHER_METHODS = ("_sd_lora", "_sd_lora_official", "_l2p", "_dualprompt", "_coda_prompt", "_lora_minus", "_cl_lora", "_cl_lora_official", "_ranpac", "_ranpac_official")  # configs from the rivals' own repositories
+
+
+# InfLoRA configs the official repository has no JSON for: its ImageNet-R 10 settings on another
+# benchmark it reads (utils/data.py iCUB, iIMAGENET_A) or with another backbone (paper Table 5).
+DERIVED = {
+    "cub_10": dict(data="cub", backbone="vit_base_patch16_224.augreg_in21k"),
+    "imagenet_a_10": dict(data="imagenet_a", backbone="vit_base_patch16_224.augreg_in21k"),
+    "imagenet_r_10_dino": dict(data="imagenet_r", backbone="vit_base_patch16_224.dino"),
+}
 
 
 def test_every_paper_config_has_an_official_file():
     inflora_configs = [p.stem for p in PAPER_DIR.glob("*.yaml") if not p.stem.endswith(OTHER_METHODS)]
-    assert sorted(inflora_configs) == sorted(PAPER_CONFIGS)
+    assert sorted(inflora_configs) == sorted([*PAPER_CONFIGS, *DERIVED])
     assert sorted(PAPER_CONFIGS.values()) == sorted(OFFICIAL_JSON)
 
 
@@ -292,3 +301,74 @@ def test_cl_lora_configs_follow_the_official_json(name):
         # scale=(0.05, 1.0)), test Resize(256, interpolation=3) + CenterCrop(224), ToTensor only
         assert cfg.data.split_seed is None and cfg.data.split_file is None and cfg.data.val_fraction == 0.0
         assert cfg.data.options == {"split_folders": True, "crop_scale": [0.05, 1.0], "test_interpolation": "bicubic"}
+# RanPAC/RanPAC: args/<dataset>_publish.csv row 7 ("RanPAC": use_RP True, M 10000, PETL Phase 1):
+# batch_size 48, tuned_epoch 20, body_lr 0.01, weight_decay 0.0005, min_lr 0.0, shuffle True, seed 1993;
+# RanPAC.py Learner._train: SGD(momentum=0.9) + CosineAnnealingLR(T_max=tuned_epoch, eta_min=min_lr);
+# optimise_ridge_parameter: 10.0 ** np.arange(-8, 9), first 80 % fit / last 20 % score.
+RANPAC_ARGS = dict(batch_size=48, tuned_epoch=20, body_lr=0.01, weight_decay=0.0005, M=10000, seed=1993)
+RANPAC_CONFIGS = {  # config → (InfLoRA base config whose protocol it shares or None, official backbone in today's timm)
+    "imagenet_r_10_ranpac": ("imagenet_r_10", "vit_base_patch16_224.augreg_in21k_ft_in1k"),
+    "cifar100_10_ranpac": ("cifar100_10", "vit_base_patch16_224.augreg_in21k"),
+    "cub_10_ranpac": ("cub_10", "vit_base_patch16_224.augreg_in21k_ft_in1k"),
+    "cifar100_10_ranpac_official": (None, "vit_base_patch16_224.augreg_in21k"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RANPAC_CONFIGS))
+def test_ranpac_configs_follow_the_official_args(name):
+    import numpy as np
+
+    from model.methods.ranpac import OFFICIAL_RIDGES
+
+    base_name, backbone = RANPAC_CONFIGS[name]
+    cfg = load_config(PAPER_DIR / f"{name}.yaml")
+    t = cfg.train
+    assert (t.optimizer, t.momentum, t.scheduler) == ("sgd", 0.9, "cosine")
+    assert (t.lr, t.epochs, t.batch_size, t.weight_decay) == (
+        RANPAC_ARGS["body_lr"], RANPAC_ARGS["tuned_epoch"], RANPAC_ARGS["batch_size"], RANPAC_ARGS["weight_decay"])
+    assert cfg.method.name == "ranpac"
+    m = cfg.method.config
+    assert (m.projection_dim, m.adapt_first_session, m.ridge_val_fraction) == (RANPAC_ARGS["M"], True, 0.2)
+    assert (m.rank, m.blocks, m.targets) == (10, "all", ("q", "v"))  # the Phase-1 LoRA branch (a departure: official AdaptFormer/SSF)
+    assert m.ridges == OFFICIAL_RIDGES == [float(r) for r in 10.0 ** np.arange(-8, 9)]
+    assert (cfg.backbone.name, cfg.backbone.pretrained) == (backbone, True)
+    assert cfg.data.normalization == "none" and cfg.data.val_fraction == 0.0  # use_input_norm False; every image trains
+    if base_name is not None:  # the same protocol as InfLoRA's cell, so both sit in one comparison table
+        base = load_config(PAPER_DIR / f"{base_name}.yaml")
+        assert (cfg.name, cfg.seeds, cfg.data) == (base.name, base.seeds, base.data)
+    else:  # RanPAC's own protocol: utils/data_manager.py shuffles the classes with np.random.seed(1993)
+        np.random.seed(RANPAC_ARGS["seed"])
+        assert cfg.data.class_order == np.random.permutation(100).tolist()
+        assert (cfg.data.name, cfg.data.num_tasks, cfg.data.image_size) == ("cifar100", 10, 224)
+        from model.methods.ranpac import RanPAC
+
+        assert [f.final for f in RanPAC.published if f.protocol == name] == ["92.2"]
+
+
+@pytest.mark.parametrize("name", sorted(DERIVED))
+def test_derived_inflora_configs_keep_the_imagenet_r_10_settings(name):
+    cfg, base = load_config(PAPER_DIR / f"{name}.yaml"), load_config(PAPER_DIR / "imagenet_r_10.yaml")
+    assert (cfg.train, cfg.method, cfg.seeds) == (base.train, base.method, base.seeds)
+    assert (cfg.backbone.name, cfg.backbone.pretrained) == (DERIVED[name]["backbone"], True)
+    d, b = cfg.data, base.data
+    assert d.name == DERIVED[name]["data"] and (d.num_tasks, d.class_order, d.val_fraction, d.image_size, d.normalization) == (
+        b.num_tasks, b.class_order, b.val_fraction, b.image_size, b.normalization)
+    if d.name != "imagenet_r":  # CUB's and the pre-split ImageNet-A copy's own test splits: nothing to draw
+        assert d.split_seed is None
+    else:
+        assert d == b
+
+
+@pytest.mark.parametrize("method", ["sd_lora", "coda_prompt"])
+def test_imagenet_a_rival_configs_are_their_imagenet_r_settings_on_imagenet_a(method):
+    cfg = load_config(PAPER_DIR / f"imagenet_a_10_{method}.yaml")
+    rival, base = load_config(PAPER_DIR / f"imagenet_r_10_{method}.yaml"), load_config(PAPER_DIR / "imagenet_a_10.yaml")
+    assert (cfg.train, cfg.method, cfg.backbone) == (rival.train, rival.method, rival.backbone)
+    assert (cfg.name, cfg.data, cfg.seeds) == (base.name, base.data, base.seeds)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in PAPER_DIR.glob("*.yaml")))
+def test_only_dualprompt_and_coda_prompt_delay_their_schedule(name):
+    # GT-RIPL/CODA-Prompt learners/prompt.py and InfLoRA methods/sprompt_{dual,coda}.py: `if epoch > 0: scheduler.step()`
+    cfg = load_config(PAPER_DIR / f"{name}.yaml")
+    assert cfg.train.scheduler_delay == (1 if cfg.method.name in ("dualprompt", "coda_prompt") else 0)

@@ -12,7 +12,7 @@ from .registry import available_methods, create_method, get_method_class, method
 from .results import EvalRow, StepResult
 
 # Importing registers the built-in methods.
-from . import cl_lora, coda_prompt, dualprompt, frozen, inflora, inflora_ca, joint, l2p, lora_minus, sd_lora, seq_lora  # noqa: E402,F401  isort: skip
+from . import cl_lora, coda_prompt, dualprompt, frozen, inflora, inflora_ca, joint, l2p, lora_minus, ranpac, sd_lora, seq_lora  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "ContinualMethod",

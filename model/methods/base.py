@@ -24,12 +24,13 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from ..evaluation import predict_with_tasks
+from ..heads import linear_default_init
 from ..net import ContinualViT
 from ..subspace import SubspaceMemory
 from ..training import TrainingHooks, make_optimizer, train_session
@@ -63,6 +64,10 @@ class Step:
             are logged in session order).
         carries_state: later sessions read what it writes; the first steps of the
             next session wait for it. Evaluations carry none.
+        sessions: the sessions it runs in: ``"all"``, ``"first"`` only (RanPAC's
+            first-session adaptation) or ``"later"`` ones only. A step that does
+            not run in a session is absent from it: no stage, no marker, and the
+            steps that need it there do not wait for it.
     """
 
     name: str
@@ -70,6 +75,15 @@ class Step:
     writes: tuple[str, ...] = ()
     ordered: bool = False
     carries_state: bool = True
+    sessions: Literal["all", "first", "later"] = "all"
+
+    def __post_init__(self) -> None:
+        if self.sessions not in ("all", "first", "later"):
+            raise ValueError(f"Step {self.name!r}: sessions must be 'all', 'first' or 'later', got {self.sessions!r}")
+
+    def runs_in(self, session: int) -> bool:
+        """Whether the step is part of session ``session``."""
+        return self.sessions == "all" or (self.sessions == "first") == (session == 0)
 
 
 def default_steps() -> list[Step]:
@@ -108,8 +122,12 @@ class ContinualMethod(ABC):
         return [[t] for t in range(num_tasks)]
 
     def steps(self) -> list[Step]:
-        """The steps of every session, in order."""
+        """The steps of every session, in order (a step may run in some sessions only: ``Step.sessions``)."""
         return default_steps()
+
+    def session_steps(self, session: int) -> list[Step]:
+        """The steps that run in session ``session``, in order."""
+        return [step for step in self.steps() if step.runs_in(session)]
 
     def slot_writers(self) -> dict[str, str]:
         """State slot → the step that writes it."""
@@ -152,10 +170,14 @@ class ContinualMethod(ABC):
         params: list[nn.Parameter] = []
         generator = ctx.generator("heads")
         for head, num_classes in ctx.head_sizes().items():
-            layer = net.heads.add(head, num_classes, generator=generator)
+            layer = net.heads.add(head, num_classes, generator=generator, init=self.init_head)
             layer.requires_grad_(True)
             params.extend(layer.parameters())
         return params
+
+    def init_head(self, head: nn.Linear, generator: torch.Generator | None) -> None:
+        """Initialise a new head: PyTorch's ``nn.Linear`` default (InfLoRA's heads); a method whose official head differs overrides this."""
+        linear_default_init(head, generator)
 
     def training_hooks(self, net: ContinualViT, ctx: "StepContext") -> TrainingHooks:
         """The method's plug-ins into the shared training loop (none by default)."""

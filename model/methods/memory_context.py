@@ -73,7 +73,7 @@ class InMemoryContext:
 
     def run_all(self) -> list[StepResult]:
         """Every step of every session, in order."""
-        return [self.run(s, step.name) for s in range(self.num_sessions) for step in self.method.steps()]
+        return [self.run(s, step.name) for s in range(self.num_sessions) for step in self.method.session_steps(s)]
 
     # ---------------------------------------------------------------- tasks
     def seen_tasks(self) -> list[int]:

@@ -16,6 +16,7 @@ is still read (:func:`figures_of`): the config name is then the protocol.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -57,8 +58,9 @@ class PublishedFigure:
     secondary: bool = False
 
     def value(self, which: str) -> float:
-        """The mean of ``final`` or ``average`` as a number (for plots)."""
-        return float(getattr(self, which).split("±")[0].split("(")[0])
+        """The mean of ``final`` or ``average`` as a number (for plots); NaN where none is published (``"n/a"``)."""
+        text = getattr(self, which).split("±")[0].split("(")[0].strip()
+        return math.nan if text == "n/a" else float(text)
 
 
 def figures_of(published: Iterable[PublishedFigure] | Mapping[str, Mapping[str, str]], cell_of) -> list[PublishedFigure]:

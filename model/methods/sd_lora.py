@@ -22,6 +22,9 @@ Follows the official code ``WuYichen-97/SD-Lora-CL``:
   cosine schedule and weight decay, but ``_train`` does not read those keys.
 * the loss is the cross-entropy over the new task's logits only
   (``_update_representation``), as the per-task heads here.
+* heads: ``backbone/linears.py`` ``SimpleLinear.reset_parameters``:
+  ``kaiming_uniform_(weight, nonlinearity='linear')``, i.e. U(±√(3/d)), bias 0
+  (:meth:`SDLoRA.init_head`; PyTorch's default ``nn.Linear`` init elsewhere).
 
 The orthogonality term (``compute_ortho_loss``) is computed but not added to the
 loss in the official code; it is left out here. The RR (rank reduction) and KD
@@ -202,6 +205,12 @@ class SDLoRA(ContinualMethod):
             p.requires_grad_(True)
             params.append(p)
         return params + self.add_session_heads(net, ctx)
+
+    def init_head(self, head: nn.Linear, generator: torch.Generator | None) -> None:
+        """``SimpleLinear.reset_parameters``: weight U(±√(3/d)) (Kaiming, linear gain), bias 0."""
+        with torch.no_grad():
+            nn.init.kaiming_uniform_(head.weight, nonlinearity="linear", generator=generator)
+            nn.init.zeros_(head.bias)
 
     def trained_state(self, net: ContinualViT, ctx: "StepContext") -> dict[str, Tensor]:
         state = net.adapter_state([self.branch_name(ctx.session)], [head_name(t) for t in ctx.tasks])

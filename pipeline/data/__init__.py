@@ -5,7 +5,7 @@ from .loaders import RelabeledSubset, make_loader
 from .split import Split, make_split
 
 # Importing registers the built-in data sets.
-from . import cifar100, domainnet, image_folder, imagenet_r, packaged  # noqa: E402,F401  isort: skip
+from . import cifar100, cub, domainnet, image_folder, imagenet_a, imagenet_r, packaged  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "DataSource",

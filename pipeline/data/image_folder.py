@@ -50,6 +50,8 @@ __all__ = [
     "list_class_folders",
     "scan_class_folders",
     "image_source",
+    "load_class_folder_set",
+    "register_class_folder_set",
     "load_image_folder",
 ]
 
@@ -230,6 +232,71 @@ def image_source(
     )
 
 
+def scan_pools(
+    folder: Path, layout: str, presplit: bool
+) -> tuple[list[str], np.ndarray, list[str], tuple[list[str], np.ndarray] | None]:
+    """``(train files, train labels, classes, test pool or None)`` of ``folder/{train,test}/<class>/`` or ``folder/<class>/``."""
+    if not presplit:
+        return (*scan_class_folders(folder, layout), None)
+    train_files, train_targets, classes = scan_class_folders(folder / "train", layout)
+    test_files, test_targets, _ = scan_class_folders(folder / "test", layout, classes)
+    return train_files, train_targets, classes, (test_files, test_targets)
+
+
+def load_class_folder_set(
+    cfg: DataConfig, normalization: Normalization, folder_name: str, layout: str, num_classes: int, display: str
+) -> DataSource:
+    """A data set of ``<class>/*.jpg`` folders: pre-split ``{train,test}/`` folders, or one pool without a test split.
+
+    ``data.root`` may hold ``folder_name`` (``imagenet-r``) or be it. Without
+    ``train/`` and ``test/`` folders the test split is held out by the split stage
+    (``data.split_seed`` / ``data.test_fraction``), or declared with ``data.split_file``;
+    ``data.options.split_folders: true`` requires the pre-split copy (a protocol that
+    reads ``{train,test}/``, as SD-LoRA's) and refuses to hold out a split of its own.
+
+    Args:
+        cfg: the data section.
+        normalization: see :func:`image_source`.
+        folder_name: the folder the archive unpacks to.
+        layout: the expected layouts, for error messages.
+        num_classes: the data set's class count (a different count is logged as a warning).
+        display: the data set's name in messages (``ImageNet-R``).
+    """
+    check_options(cfg.name, cfg.options, ("split_folders",))
+    root = require_root(cfg, layout)
+    folder = root / folder_name if (root / folder_name).is_dir() else root
+    presplit = (folder / "train").is_dir() and (folder / "test").is_dir()
+    if cfg.options.get("split_folders") and not presplit:
+        raise DatasetError(
+            f"data.options.split_folders: true needs the pre-split copy {folder / 'train'}/<wnid>/ and {folder / 'test'}/<wnid>/; "
+            f"{folder} has no train/ and test/ folders"
+        )
+    train_files, train_targets, classes, test = scan_pools(folder, layout, presplit)
+    split = "pre-split train/test folders" if presplit else "test held out by the split stage (data.split_seed / data.test_fraction)"
+    if len(classes) != num_classes:
+        _logger.warning("%s in %s has %d class folders, not %d", display, folder, len(classes), num_classes)
+    _logger.info("%s %s: %d classes, %d images; %s", display, folder, len(classes), len(train_files), split)
+    return image_source(cfg, normalization, (train_files, train_targets), test, classes, info={"root": str(folder), "split": split})
+
+
+def register_class_folder_set(name: str, folder_name: str, archive: str, num_classes: int, display: str):
+    """Register data set ``name``: :func:`load_class_folder_set` of the ``folder_name`` that ``archive`` unpacks to.
+
+    Returns the loader; its layout (in every error message) names both forms.
+    """
+    layout = (
+        f"root/{folder_name}/<wnid>/<image>.jpg with the {num_classes} class folders of {archive} (root may also be the "
+        f"{folder_name} folder itself), or a pre-split root/{folder_name}/{{train,test}}/<wnid>/<image>.jpg"
+    )
+
+    def load(cfg: DataConfig, normalization: Normalization = None) -> DataSource:
+        return load_class_folder_set(cfg, normalization, folder_name, layout, num_classes, display)
+
+    load.__name__ = f"load_{name}"
+    load.__doc__ = f"{display} from ``data.root``; without a pre-split copy the test split is held out by the split stage."
+    return register_dataset(name)(load)
+
+
 @register_dataset("image_folder")
 def load_image_folder(cfg: DataConfig, normalization: Normalization = None) -> DataSource:
     """The user's images in ``data.root``: ``train/`` + ``test/`` class folders, or class folders alone."""
@@ -242,13 +309,7 @@ def load_image_folder(cfg: DataConfig, normalization: Normalization = None) -> D
             f"{root} has a {present}/ folder but no {absent}/ folder; expected {IMAGE_FOLDER_LAYOUT} "
             f"(add {root / absent}, or rename {root / present} if it is a class)"
         )
-    if has_train:
-        train_files, train_targets, classes = scan_class_folders(root / "train", IMAGE_FOLDER_LAYOUT)
-        test_files, test_targets, _ = scan_class_folders(root / "test", IMAGE_FOLDER_LAYOUT, classes)
-        test: tuple[list[str], np.ndarray] | None = (test_files, test_targets)
-    else:
-        train_files, train_targets, classes = scan_class_folders(root, IMAGE_FOLDER_LAYOUT)
-        test = None
+    train_files, train_targets, classes, test = scan_pools(root, IMAGE_FOLDER_LAYOUT, has_train)
     _logger.info("image_folder %s: %d classes, %d training images", root, len(classes), len(train_files))
     layout = "train/test" if test is not None else "flat (test held out per run seed)"
     info = {"root": str(root), "layout": layout}

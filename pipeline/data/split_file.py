@@ -52,7 +52,7 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-SPLIT_FILE_DATASETS = frozenset({"imagenet_r", "domainnet", "image_folder"})
+SPLIT_FILE_DATASETS = frozenset({"imagenet_r", "imagenet_a", "cub", "domainnet", "image_folder"})
 """Data sets read from image files, whose pools a split file may replace."""
 
 YAML_SUFFIXES = (".yaml", ".yml")

@@ -116,3 +116,14 @@ def test_memory_that_fills_the_space_is_a_clear_error():
     # (24 of the 32 at the first block), leaving fewer than the rank outside
     with pytest.raises(SubspaceError, match=r"larger than the \d+ input dimensions left outside"):
         run_two_tasks("inflora", lamb=1.0, rank=12)
+
+
+def test_a_step_may_run_in_the_first_or_the_later_sessions_only():
+    from model.methods import Step
+
+    first, later, every = Step("a", sessions="first"), Step("b", sessions="later"), Step("c")
+    assert [first.runs_in(s) for s in range(3)] == [True, False, False]
+    assert [later.runs_in(s) for s in range(3)] == [False, True, True]
+    assert all(every.runs_in(s) for s in range(3))
+    with pytest.raises(ValueError, match="Step 'd': sessions must be 'all', 'first' or 'later'"):
+        Step("d", sessions="odd")  # type: ignore[arg-type]

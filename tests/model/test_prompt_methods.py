@@ -13,33 +13,21 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from model import TrainSpec, create_backbone, create_method
+from model import TrainSpec, create_method
 from model.methods.coda_prompt import CodaPromptConfig
 from model.methods.dualprompt import DualPromptConfig
 from model.methods.l2p import L2PConfig
 from model.methods.memory_context import InMemoryContext
 from model.prompts import PromptedViT
+from method_fixtures import task_batches
+from method_fixtures import tiny_backbone as backbone
 
-OVERRIDES = {"img_size": 8, "patch_size": 4, "in_chans": 1, "embed_dim": 16, "depth": 2, "num_heads": 2}
 CONFIGS = {
     "l2p": L2PConfig(pool_size=4, length=2, top_k=2, layers=[0]),
     "dualprompt": DualPromptConfig(pool_size=2, length=2, g_length=2, g_layers=[0], e_layers=[1]),
     "coda_prompt": CodaPromptConfig(pool_size=4, length=2, layers=[0, 1]),
 }
 METHODS = list(CONFIGS)
-
-
-def backbone():
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return create_backbone("vit_tiny_patch16_224", overrides=OVERRIDES)
-
-
-def task_batches(seed: int, offset: int, n: int = 32):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 1, 8, 8, generator=g)
-    y = (x.mean(dim=(1, 2, 3)) > 0).long() + offset
-    return [(x[i : i + 16], y[i : i + 16]) for i in range(0, n, 16)]
 
 
 class RecordingContext(InMemoryContext):
@@ -73,7 +61,7 @@ class KilledAfterFirstCheckpoint(RecordingContext):
 
 def make_ctx(name: str, sessions: int = 2, epochs: int = 2, cls=RecordingContext):
     method = create_method(name, CONFIGS[name])
-    data = [task_batches(s, 2 * s) for s in range(sessions)]
+    data = [task_batches(s, 2 * s, 32) for s in range(sessions)]
     return cls(method, backbone(), data, [2] * sessions, TrainSpec(optimizer="adam", lr=1e-2, epochs=epochs))
 
 

@@ -5,15 +5,11 @@ from __future__ import annotations
 import torch
 from torch.testing import assert_close
 
-from method_fixtures import task_batches, tiny_backbone
-
 from model import TrainSpec, create_method
-from model.methods.sd_lora import SDLoRAConfig
 from model.methods.memory_context import InMemoryContext
-from model.methods.sd_lora import SDLoRAViT
-
-def backbone():
-    return tiny_backbone()
+from model.methods.sd_lora import SDLoRAConfig, SDLoRAViT
+from method_fixtures import task_batches
+from method_fixtures import tiny_backbone as backbone
 
 
 def run_sessions(n: int, epochs: int = 2):
@@ -92,3 +88,15 @@ def test_frozen_weight_cache_follows_a_moving_magnitude():
     A, B = branch.down("q"), branch.up("q")
     change = 0.5 * (x @ A.T @ B.T) / (torch.linalg.matrix_norm(B) * torch.linalg.matrix_norm(A))
     assert_close(after[..., :d] - before[..., :d], change, rtol=1e-4, atol=1e-6)
+
+
+def test_heads_are_the_official_simple_linear_init():
+    method = create_method("sd_lora", SDLoRAConfig(rank=2))
+    ctx = InMemoryContext(method, backbone(), [task_batches(0, 0)], [2], TrainSpec(epochs=1))
+    net = ctx.build_net(0)
+    method.begin_session(net, ctx)
+    head = net.heads.heads["task_000"]
+    expected = torch.empty(2, 16)
+    torch.nn.init.kaiming_uniform_(expected, nonlinearity="linear", generator=ctx.generator("heads"))
+    assert torch.equal(head.weight.detach(), expected) and torch.equal(head.bias.detach(), torch.zeros(2))
+    assert head.weight.abs().max() <= (3 / 16) ** 0.5  # U(±√(3/d))

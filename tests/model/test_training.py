@@ -32,6 +32,23 @@ def test_adam_uses_reference_cosine_and_sgd_cosine_annealing():
     assert isinstance(opt, torch.optim.SGD) and isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR)
 
 
+def test_delayed_cosine_steps_after_the_first_epoch_as_dualprompt_and_coda_prompt():
+    p = [nn.Parameter(torch.zeros(2))]
+    opt, sched = make_optimizer(p, TrainSpec(optimizer="adam", lr=1.0, epochs=4, scheduler_delay=1))
+    assert isinstance(sched, torch.optim.lr_scheduler.LambdaLR)
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    f = reference_cosine(4)
+    assert lrs == pytest.approx([f(0), f(0), f(1), f(2)])  # epoch e: the factor of max(e - 1, 0)
+    with pytest.raises(ValueError, match="scheduler_delay\n.*applies to the Adam cosine schedule"):
+        TrainSpec(optimizer="sgd", scheduler_delay=1)
+    with pytest.raises(ValueError, match="scheduler_delay\n.*greater than or equal to 0"):
+        TrainSpec(scheduler_delay=-1)
+
+
 def test_multistep_and_head_lr():
     body, head = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2))
     spec = TrainSpec(optimizer="sgd", lr=5e-3, epochs=5, scheduler="multistep", milestones=[4], gamma=0.1, head_lr=0.01)

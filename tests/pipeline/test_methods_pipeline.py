@@ -21,6 +21,7 @@ TINY = {
     "coda_prompt": {"pool_size": 6, "length": 2, "layers": [0, 1]},
     "lora_minus": {"rank": 2},
     "cl_lora": {"rank": 2, "shared_blocks": [0], "specific_blocks": [1]},  # official 0-5 / 6-11
+    "ranpac": {"projection_dim": 64, "rank": 2},
 }
 
 

@@ -152,3 +152,23 @@ def test_prototype_methods_killed_mid_epoch_resume_bit_identically(tmp_path, tin
             for key in got:
                 assert torch.equal(got[key], want[key]), key
     np.testing.assert_array_equal(outcome.results().test.to_numpy(), reference.results().test.to_numpy())
+
+
+@pytest.mark.slow
+def test_ranpac_killed_mid_epoch_of_its_first_session_resumes_bit_identically(tmp_path, tiny_checkpoint):
+    method = {"name": "ranpac", "ranpac": {"projection_dim": 64, "rank": 2}}
+    train = {"optimizer": "sgd", "lr": 1e-2, "epochs": 3}
+    ref_cfg = config_from_dict(tiny_config_dict(tmp_path / "ref", tiny_checkpoint, method=method, train=train, tracking={"enabled": False}))
+    (reference,) = execute(make_specs(ref_cfg), progress=False)
+    cfg_dict = tiny_config_dict(tmp_path, tiny_checkpoint, method=method, train=train, tracking={"enabled": False})
+    outcome = kill_then_run(tmp_path, cfg_dict, "session_000/train", "epoch")
+    got_dir, want_dir = RunDir(outcome.spec.run_dir), RunDir(reference.spec.run_dir)
+    assert not (got_dir.session_dir(1) / "adapter.safetensors").exists()  # later sessions train nothing
+    for relative in ["session_000/adapter.safetensors", "session_000/projection.safetensors"] + [
+        f"session_{s:03d}/{slot}.safetensors" for s in range(3) for slot in ("stats", "classifier")
+    ]:
+        got, want = got_dir.load_tensors(relative), want_dir.load_tensors(relative)
+        assert got.keys() == want.keys(), relative
+        for key in got:
+            assert torch.equal(got[key], want[key]), f"{relative}: {key}"
+    np.testing.assert_array_equal(outcome.results().test.to_numpy(), reference.results().test.to_numpy())

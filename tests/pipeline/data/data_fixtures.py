@@ -18,6 +18,7 @@ import pytest
 WNIDS = ["n01443537", "n01484850", "n01494475", "n01496331"]
 DOMAINNET_DOMAINS = ["clipart", "infograph", "painting", "quickdraw", "real", "sketch"]
 DOMAINNET_CLASSES = ["aircraft_carrier", "airplane", "alarm_clock"]
+CUB_CLASSES = ["001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross"]
 
 
 def write_image(path: Path, rng: np.random.Generator, size: tuple[int, int] = (16, 12)) -> None:
@@ -104,3 +105,23 @@ def image_folder_split_root(tmp_path: Path) -> Path:
     write_class_folders(root / "train", ["cat", "bird", "dog"], per_class=4, seed=1, suffix=".png")
     write_class_folders(root / "test", ["cat", "bird", "dog"], per_class=2, seed=2, suffix=".png")
     return root
+
+
+def write_cub_archive(folder: Path, per_class: int = 4, seed: int = 0) -> list[tuple[int, str, int, int]]:
+    """``folder`` as ``CUB_200_2011.tgz`` unpacks: ``images/<class>/*.jpg`` and the three id tables.
+
+    Image ids run over the classes in order (as the real ``images.txt``); every
+    second image of a class is a test image. Returns ``(id, path, class id, is_train)`` rows.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c, name in enumerate(CUB_CLASSES, 1):
+        for i in range(per_class):
+            relative = f"{name}/{name.split('.')[1]}_{i:04d}_{c}.jpg"
+            write_image(folder / "images" / relative, rng)
+            rows.append((len(rows) + 1, relative, c, 1 - i % 2))
+    (folder / "images.txt").write_text("".join(f"{i} {p}\n" for i, p, _, _ in rows))
+    (folder / "image_class_labels.txt").write_text("".join(f"{i} {c}\n" for i, _, c, _ in rows))
+    (folder / "train_test_split.txt").write_text("".join(f"{i} {t}\n" for i, _, _, t in rows))
+    (folder / "classes.txt").write_text("".join(f"{c} {n}\n" for c, n in enumerate(CUB_CLASSES, 1)))
+    return rows
