@@ -1,13 +1,13 @@
 """GPU check: InfLoRA's training step at paper scale, and the real stages on one GPU.
 
-Run by ``benchmarks/gpu_check.sh`` (≤ 8 minutes on one GPU). Everything uses
+Run by ``benchmarks/gpu_check.sh`` (one GPU, a time limit the script enforces). Everything uses
 random weights (no hub) and synthetic images; the numbers are costs, not accuracies.
 
 1. **Step throughput** — ViT-B/16 at 224², batch 128, bf16 autocast, images/s of
 
    * *timm floor*: timm's own forward + backward of the frozen backbone, carried
      down to the first adapted ``qkv`` output (``FloorNet`` of
-     ``benchmarks/throughput.py``: what any LoRA method on ``qkv`` must compute);
+     ``benchmarks/step_cost.py``: what any LoRA method on ``qkv`` must compute);
    * *InfLoRA*: a :class:`~model.net.ContinualViT` in session 5 (5 frozen
      branches, the current one trainable) trained by
      :func:`model.training.train_session`, eager and with ``train.compile: true``
@@ -24,8 +24,7 @@ random weights (no hub) and synthetic images; the numbers are costs, not accurac
    polled by the driver), minus what was in use before.
 
 Writes ``benchmarks/results/gpu_check.md`` (``--out`` elsewhere). ``--cpu-smoke``
-shrinks every part to a tiny ViT on the CPU (about 25 s here, the in-process
-executor, no ``torch.compile`` row: inductor's CPU compilation alone would take
+shrinks every part to a tiny ViT on the CPU (the in-process executor, no ``torch.compile`` row: inductor's CPU compilation alone would take
 longer than the rest) to test the script itself; its numbers mean nothing.
 """
 
@@ -45,13 +44,10 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark module
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project
-
-from throughput import Case, build_backbone, build_floor, build_inflora, device_name, synchronize, synthetic_batches  # noqa: E402
-
-from model.evaluation import peak_memory_mb, reset_peak_memory  # noqa: E402
-from model.training import TrainSpec, train_session  # noqa: E402
+from benchmarks.harness import device_name, synchronize
+from benchmarks.step_cost import Case, build_backbone, build_floor, build_inflora, synthetic_batches
+from model.evaluation import peak_memory_mb, reset_peak_memory
+from model.training import TrainSpec, train_session
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "gpu_check.md"
