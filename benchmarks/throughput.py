@@ -185,7 +185,7 @@ def write_report(
             "`qkv` output, trained by the same `train_session` (see the docstring). Ratio = floor img/s ÷ InfLoRA img/s "
             f"(target ≤ {STEP_RATIO_TARGET}; within ±{RATIO_NOISE} of it: borderline, the run-to-run spread seen on a "
             "shared CPU). `model/lora.py` folds the frozen branches into one cached `qkv` weight; the per-layer "
-            "breakdown of what remains is in the module docstring of `benchmarks/throughput.py`."
+            "breakdown of what remains is in the README (\"Benchmarks\", throughput)."
         ),
         "",
     ]
@@ -346,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.branches:
             cases = [replace(c, branches=tuple(args.branches)) for c in cases]
     full_task = args.full_task or ("demo" if not args.model else "none")
-    command = "python benchmarks/throughput.py" + (
+    command = "python -m benchmarks.throughput" + (
         "" if not argv and len(sys.argv) < 2 else " " + shlex.join(argv or sys.argv[1:])
     )
 
