@@ -77,7 +77,9 @@ def device_name(device: torch.device) -> str:
 def command_line(argv: Sequence[str] | None = None) -> str:
     """The command that produced a table, for its header."""
     args = sys.argv[1:] if argv is None else list(argv)
-    return "python " + shlex.join([sys.argv[0].replace(str(ROOT) + os.sep, ""), *args])
+    script = Path(sys.argv[0]).resolve()
+    head = ["-m", f"benchmarks.{script.stem}"] if script.parent == ROOT / "benchmarks" else [sys.argv[0]]
+    return "python " + shlex.join([*head, *args])
 
 
 def verdict(value: float, target: float, noise: float = 0.0) -> str:
