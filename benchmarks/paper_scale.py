@@ -118,7 +118,7 @@ def build_cache(cfg) -> dict[str, float]:
     source = load_dataset(cfg.data)
     cpu, wall = cpu_seconds(), time.perf_counter()
     decoded_train(source.train, cfg.data.cache_dir, cfg.data.cache_max_side)
-    decoded_eval(source.measure_pool, cfg.data.cache_dir, cfg.data.image_size, source.images.resize_ratio)
+    decoded_eval(source.measure_pool, cfg.data.cache_dir, cfg.data.image_size, source.images.resize_ratio, source.images.interpolation)
     n = len(source.train)
     return {"images": n, "cache_cpu_ms_per_image": 1e3 * (cpu_seconds() - cpu) / n, "cache_wall_s": time.perf_counter() - wall}
 

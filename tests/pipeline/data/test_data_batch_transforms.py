@@ -45,13 +45,14 @@ def pool(tmp_path):
     return ImageFileDataset(files, np.arange(len(files)) % 2, train_transform(32, NORM), "RGB")
 
 
-def test_crop_sampling_is_torchvisions_get_params_then_flip():
+@pytest.mark.parametrize("scale", [CROP_SCALE, (0.05, 1.0)])  # torchvision's default; SD-LoRA's data.options.crop_scale
+def test_crop_sampling_is_torchvisions_get_params_then_flip(scale):
     image = Image.new("RGB", (83, 61))
     for seed in range(200):
         torch.manual_seed(seed)
-        i, j, h, w = T.RandomResizedCrop.get_params(image, list(CROP_SCALE), list(CROP_RATIO))
+        i, j, h, w = T.RandomResizedCrop.get_params(image, list(scale), list(CROP_RATIO))
         flip = bool(torch.rand(1) < 0.5)
-        assert sample_crop(61, 83, torch.Generator().manual_seed(seed)) == (i, j, h, w, flip)
+        assert sample_crop(61, 83, torch.Generator().manual_seed(seed), scale) == (i, j, h, w, flip)
 
 
 def test_extreme_aspect_ratios_fall_back_to_the_central_crop_like_torchvision():
@@ -99,11 +100,12 @@ def test_same_generator_state_gives_identical_epochs(pool, tmp_path):
     assert not torch.equal(epoch(1), epoch(2))
 
 
-def test_test_time_batches_equal_the_pil_transform(pool, tmp_path):
-    spec = ImageSpec(32, NORM, 256 / 224)
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_test_time_batches_equal_the_pil_transform(pool, tmp_path, interpolation):
+    spec = ImageSpec(32, NORM, 256 / 224, interpolation=interpolation)
     batches = device_batches(pool, spec, [5, 0, 3], {0: 0, 1: 1}, 2, train=False, device=torch.device("cpu"), cache_dir=str(tmp_path / "c"))
     images, labels = zip(*batches)
-    reference = eval_transform(32, NORM)
+    reference = eval_transform(32, NORM, interpolation=interpolation)
     expected = torch.stack([reference(pool.load(i)) for i in (5, 0, 3)])
     torch.testing.assert_close(torch.cat(images), expected, rtol=0, atol=1e-6)
     assert torch.cat(labels).tolist() == [1, 0, 1]
