@@ -373,6 +373,7 @@ def validate_section(cls: type[BaseModel], data: Any, prefix: str = "") -> Any:
 _PATH_KEYS = {
     ("backbone", "checkpoint"),
     ("data", "root"),
+    ("data", "cache_dir"),
     ("data", "split_file"),
     ("data", "split_file_test"),
     ("output_dir",),

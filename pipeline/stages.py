@@ -39,6 +39,7 @@ from .backbone_check import cached_backbone, check_backbone_hash
 from .config import RunConfig, config_to_dict
 from .data import DataSource, Split, load_dataset, make_loader, make_split
 from .data.config import DataConfig
+from .data.device_loader import device_batches
 from .nodes import current_node_id
 from .state import RunDir, RunStateError, StageKey
 
@@ -195,7 +196,14 @@ class StageContext:
     def _indices(self, tasks: list[int], part: str) -> list[int]:
         return [i for t in tasks for i in getattr(self.split, part)[t]]
 
-    def _loader(self, pool, tasks: list[int], part: str, batch_size: int, generator: torch.Generator | None = None):
+    def _loader(self, pool, tasks: list[int], part: str, batch_size: int, generator: torch.Generator | None = None, *, train: bool = False):
+        data = self.cfg.data
+        if data.pipeline == "device" and self.source.images is not None:
+            return device_batches(
+                pool, self.source.images, self._indices(tasks, part), self.split.label_map(), batch_size,
+                train=train, device=self.device, generator=generator, num_workers=data.num_workers,
+                cache_dir=data.cache_dir, max_side=data.cache_max_side,
+            )
         return make_loader(
             pool,
             self._indices(tasks, part),
@@ -208,7 +216,7 @@ class StageContext:
         )
 
     def train_batches(self, generator: torch.Generator | None):
-        return self._loader(self.source.train, self.tasks, "train", self.cfg.train.batch_size, generator)
+        return self._loader(self.source.train, self.tasks, "train", self.cfg.train.batch_size, generator, train=True)
 
     def measure_batches(self, tasks: list[int]):
         return self._loader(self.source.measure_pool, tasks, "train", self.cfg.train.eval_batch_size)

@@ -194,7 +194,7 @@ class ContinualMethod(ABC):
         params = self.begin_session(net, ctx)
         heads = [head_name(t) for t in ctx.tasks]
         head_params = [p for h in heads for p in net.heads.heads[h].parameters()]
-        optimizer, scheduler = make_optimizer(params, spec, head_params)
+        optimizer, scheduler = make_optimizer(params, spec, head_params, fused=ctx.device.type != "cpu")
         shuffle = ctx.generator("shuffle")
         history: list[dict[str, float]] = []
         start_epoch = 0

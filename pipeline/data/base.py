@@ -18,11 +18,30 @@ from torch.utils.data import Dataset
 if TYPE_CHECKING:
     from .config import DataConfig
 
-__all__ = ["DataSource", "DatasetError", "Normalization", "register_dataset", "load_dataset", "available_datasets"]
+__all__ = ["DataSource", "ImageSpec", "DatasetError", "Normalization", "register_dataset", "load_dataset", "available_datasets"]
 
 
 class DatasetError(ValueError):
     """A data set cannot be loaded: missing path, wrong layout, empty class."""
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How an image data set's pools are transformed, for the device path (:mod:`pipeline.data.device_loader`).
+
+    Attributes:
+        image_size: side of the square model input.
+        normalization: per-channel ``(mean, std)`` fitted to the images' channels, or ``None``.
+        resize_ratio: test-time short side before the centre crop, as a multiple of ``image_size``.
+        crop_scale: the training crop's share of the image (``data.options.crop_scale``).
+        interpolation: of the test-time resize (``data.options.test_interpolation``).
+    """
+
+    image_size: int
+    normalization: "Normalization"
+    resize_ratio: float
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    interpolation: str = "bilinear"
 
 
 @dataclass
@@ -41,6 +60,10 @@ class DataSource:
         input_shape: ``(channels, height, width)`` of one image.
         train_eval: the training pool with test-time transforms, for passes that
             measure rather than train (covariance, validation); ``train`` if ``None``.
+        images: the transforms' settings of an image data set whose pools hold
+            ``mode`` and ``load(i)`` (PIL images), so that the device path can
+            decode them once and transform batches on the device; ``None`` for
+            data sets of ready tensors.
     """
 
     name: str
@@ -52,6 +75,7 @@ class DataSource:
     input_shape: tuple[int, int, int]
     train_eval: Dataset | None = None
     info: dict[str, str] = field(default_factory=dict)
+    images: ImageSpec | None = None
 
     @property
     def num_classes(self) -> int:

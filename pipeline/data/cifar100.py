@@ -27,7 +27,7 @@ import numpy as np
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .base import DatasetError, DataSource, Normalization, register_dataset
+from .base import DatasetError, DataSource, ImageSpec, Normalization, register_dataset
 from .image_folder import require_root
 from .transforms import channel_normalization, check_options, crop_scale, eval_transform, image_mode, resize_interpolation, train_transform
 
@@ -69,13 +69,15 @@ class ArrayImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+    def load(self, i: int):
+        """The ``i``-th image as a PIL image in ``self.mode``, before the transform."""
         from PIL import Image
 
         image = Image.fromarray(self.images[i])  # (H, W, 3) uint8: RGB
-        if self.mode != "RGB":
-            image = image.convert(self.mode)
-        return self.transform(image), int(self.targets[i])
+        return image.convert(self.mode) if self.mode != "RGB" else image
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        return self.transform(self.load(i)), int(self.targets[i])
 
 
 def _unpickle(path: Path) -> dict:
@@ -137,8 +139,9 @@ def load_cifar100(cfg: DataConfig, normalization: Normalization = None) -> DataS
     mode = image_mode(cfg.options)
     channels = len(mode)
     norm = channel_normalization(normalization, channels)
-    fit = train_transform(cfg.image_size, norm, crop_scale(cfg.options))
-    measure = eval_transform(cfg.image_size, norm, TEST_RESIZE_RATIO, resize_interpolation(cfg.options))
+    scale, interpolation = crop_scale(cfg.options), resize_interpolation(cfg.options)
+    fit = train_transform(cfg.image_size, norm, scale)
+    measure = eval_transform(cfg.image_size, norm, TEST_RESIZE_RATIO, interpolation)
     _logger.info(
         "CIFAR-100 %s: %d classes, %d train / %d test images", folder, len(class_names), len(train_targets), len(test_targets)
     )
@@ -152,4 +155,5 @@ def load_cifar100(cfg: DataConfig, normalization: Normalization = None) -> DataS
         input_shape=(channels, cfg.image_size, cfg.image_size),
         train_eval=ArrayImageDataset(train_images, train_targets, measure, mode),
         info={"root": str(folder)},
+        images=ImageSpec(cfg.image_size, norm, TEST_RESIZE_RATIO, scale, interpolation),
     )

@@ -32,7 +32,16 @@ class DataConfig(Settings):
         normalization: ``"backbone"`` (mean/std of the backbone's timm
             ``pretrained_cfg``), ``"none"`` (images in [0, 1], as the reference
             code feeds its in21k ViT) or ``"imagenet"``.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes (the device path keeps them across a stage's epochs).
+        pipeline: ``"pil"`` (torchvision transforms per image on the host, the
+            reference's) or ``"device"`` (decode once into a shared cache, crop
+            on the host, resize, flip and normalise batches on the compute
+            device; :mod:`pipeline.data.device_loader`). Data sets of ready
+            tensors (``digits``, ``mnist``) give the same batches either way.
+        cache_dir: where ``pipeline: device`` keeps decoded images (default
+            ``$INFLORA_CACHE_DIR`` or ``~/.cache/inflora/decoded``), shared by the runs of a node.
+        cache_max_side: cap on the longer side of cached training images
+            (``None``: native resolution, crops as in the PIL path).
         options: data-set-specific settings.
         split_file: a declared training list — a CODA-Prompt-style YAML file
             (``data:`` image paths, ``targets:`` labels) or a text file of
@@ -58,11 +67,21 @@ class DataConfig(Settings):
     test_fraction: float = setting(0.2, "share held out for testing (data sets without a test split)", gt=0.0, lt=1.0)
     normalization: Literal["backbone", "none", "imagenet"] = setting("backbone", "input normalisation")
     num_workers: int = setting(0, "DataLoader worker processes", ge=0, affects_result=False)
+    pipeline: Literal["pil", "device"] = setting("pil", "'pil': transforms per image on the host; 'device': decoded once, augmented on the device")
+    cache_dir: str | None = setting(None, "where the device path keeps decoded images", affects_result=False)
+    cache_max_side: int | None = setting(None, "cap on the longer side of cached training images", ge=1)
     options: dict[str, Any] = setting({}, "data-set-specific settings")
     split_file: str | None = setting(None, "a declared training list (replaces the data set's training pool)")
     split_file_test: str | None = setting(None, "the matching test list")
     split_prefix: str | None = setting(None, "leading part of every listed path, stripped")
     split_seed: int | None = setting(None, "draw the held-out test split once from this seed")
+
+    def result_view(self) -> dict[str, Any]:
+        view = super().result_view()
+        if self.pipeline == "pil":  # runs from before the device path keep their result keys
+            view.pop("pipeline")
+            view.pop("cache_max_side")
+        return view
 
     @field_validator("name")
     @classmethod

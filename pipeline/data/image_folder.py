@@ -27,7 +27,7 @@ import numpy as np
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .base import DatasetError, DataSource, Normalization, register_dataset
+from .base import DatasetError, DataSource, ImageSpec, Normalization, register_dataset
 from .transforms import (
     TEST_RESIZE_RATIO,
     channel_normalization,
@@ -211,8 +211,9 @@ def image_source(
     mode = image_mode(cfg.options)
     channels = len(mode)
     norm = channel_normalization(normalization, channels)
-    fit = train_transform(cfg.image_size, norm, crop_scale(cfg.options))
-    measure = eval_transform(cfg.image_size, norm, resize_ratio, resize_interpolation(cfg.options))
+    scale, interpolation = crop_scale(cfg.options), resize_interpolation(cfg.options)
+    fit = train_transform(cfg.image_size, norm, scale)
+    measure = eval_transform(cfg.image_size, norm, resize_ratio, interpolation)
     train_files, train_targets = path_array(train[0]), train[1]  # shared by train and train_eval
     test_set, test_targets = None, None
     if test is not None:
@@ -229,6 +230,7 @@ def image_source(
         input_shape=(channels, cfg.image_size, cfg.image_size),
         train_eval=ImageFileDataset(train_files, train_targets, measure, mode),
         info=dict(info or {}),
+        images=ImageSpec(cfg.image_size, norm, resize_ratio, scale, interpolation),
     )
 
 

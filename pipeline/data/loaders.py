@@ -37,7 +37,15 @@ def make_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """A loader whose order is a pure function of ``generator`` (when shuffled)."""
+    """A loader whose order is a pure function of ``generator`` (when shuffled).
+
+    The PIL path's loader. Its workers are started per epoch: each epoch seeds
+    them from ``generator``, which the epoch checkpoints save, so a resumed run
+    draws the same transforms; persistent workers would carry their random
+    state across epochs, out of the checkpoint's reach. The device path
+    (:mod:`pipeline.data.device_loader`) seeds its crops per batch instead and
+    keeps its workers.
+    """
     subset = RelabeledSubset(dataset, indices, label_map)
     return DataLoader(
         subset,

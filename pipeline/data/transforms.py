@@ -39,6 +39,7 @@ __all__ = [
     "channel_normalization",
     "crop_scale",
     "resize_interpolation",
+    "eval_resize",
 ]
 
 DEFAULT_CROP_SCALE = (0.08, 1.0)
@@ -207,7 +208,15 @@ def eval_transform(
     Returns:
         A callable mapping a PIL image to a float tensor ``(C, image_size, image_size)``.
     """
+    return _finish(list(eval_resize(image_size, resize_ratio, interpolation).transforms), normalization)
+
+
+def eval_resize(image_size: int, resize_ratio: float = TEST_RESIZE_RATIO, interpolation: str = "bilinear") -> Compose:
+    """The PIL-to-PIL part of :func:`eval_transform`: resize the short side, centre crop.
+
+    The device path (:mod:`pipeline.data.decoded`) applies it once per image and keeps the result.
+    """
     T = _transforms()
     resize = max(image_size, int(round(image_size * resize_ratio)))
     mode = T.InterpolationMode(interpolation)
-    return _finish([T.Resize(resize, interpolation=mode), T.CenterCrop(image_size)], normalization)
+    return T.Compose([T.Resize(resize, interpolation=mode), T.CenterCrop(image_size)])

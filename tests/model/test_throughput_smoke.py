@@ -1,31 +1,26 @@
-"""Smoke test of ``benchmarks/throughput.py``'s measuring functions on a tiny timm ViT (seconds)."""
+"""Smoke test of the throughput benchmark on a tiny timm ViT (seconds).
+
+The measuring functions (``benchmarks/step_cost.py``) and the report (``benchmarks/throughput.py``).
+"""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from benchmarks import step_cost as throughput_lib
+from benchmarks import throughput as throughput_report
+from benchmarks.harness import pick_clock, verdict
+
 TINY = {"img_size": 8, "patch_size": 4, "in_chans": 1, "embed_dim": 32, "depth": 2, "num_heads": 2}
 
 
 @pytest.fixture(scope="module")
 def throughput():
-    spec = importlib.util.spec_from_file_location("benchmarks_throughput", ROOT / "benchmarks" / "throughput.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
+    return throughput_lib
 
 
 @pytest.fixture()
@@ -47,7 +42,7 @@ def test_floor_backpropagates_to_the_first_qkv_output_only(throughput, case):
 
 def test_step_covariance_and_full_task_measurements_run(throughput, case, tmp_path):
     cpu = torch.device("cpu")
-    rows = throughput.measure_case(case, cpu, repeats=1, clock=throughput.pick_clock(cpu)[0])
+    rows = throughput.measure_case(case, cpu, repeats=1, clock=pick_clock(cpu)[0])
     assert [r["frozen_branches"] for r in rows] == [0, 2]
     for row in rows:
         assert math.isfinite(row["ratio"]) and row["ratio"] > 0
@@ -56,6 +51,13 @@ def test_step_covariance_and_full_task_measurements_run(throughput, case, tmp_pa
     shape = throughput.TaskShape(images=20, epochs=2, batch_size=8, classes=3, frozen=1, num_tasks=3, source="tiny")
     full = throughput.run_full_task(case, shape, cpu)
     assert 0 < full["cov_share_task"] < 1 and full["train_s"] > 0
-    md = throughput.write_report(pd.DataFrame([*rows, full]), "cmd", cpu, "fp32", 1, "wall time", (0.0, 0.0), tmp_path)
+    md = throughput_report.write_report(pd.DataFrame([*rows, full]), "cmd", cpu, "fp32", 1, "wall time", (0.0, 0.0), tmp_path)
     assert (tmp_path / "throughput.csv").is_file() and (tmp_path / "throughput.md").read_text() == md
-    assert "MET" in md or "MISSED" in md
+    head = rows[-1]  # no row with 5 frozen branches: the headline is the one with the most
+    expected = verdict(head["ratio"], throughput.STEP_RATIO_TARGET, throughput.RATIO_NOISE)
+    assert f"step ratio {head['ratio']:.3f} → **{expected}** (≤ {throughput.STEP_RATIO_TARGET})" in md
+
+
+def test_verdict_reads_the_value_against_the_target():
+    assert verdict(1.0, 1.15) == "MET" and verdict(1.3, 1.15) == "MISSED"
+    assert verdict(1.17, 1.15, 0.05) == "MISSED (borderline)" and verdict(1.12, 1.15, 0.05) == "MET (borderline)"

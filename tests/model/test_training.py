@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from model.training import TrainSpec, make_optimizer, reference_cosine
+from model.training import NonFiniteTrainingError, TrainSpec, make_optimizer, reference_cosine, train_session
 
 
 def test_reference_cosine_schedule():
@@ -98,3 +98,92 @@ def test_hooks_fire_around_each_batch_and_step_in_order():
                   device=torch.device("cpu"), hooks=Spy())
     assert [c[0] for c in calls] == ["batch", "before", "after"] * 2
     assert calls[1][1] == calls[0][1] and calls[2][1] != calls[1][1]  # the step happens between the two
+
+
+# ----------------------------------------------------------------- the training loop without host reads
+class _Net(nn.Module):
+    """A stand-in for ContinualViT: ``net(images, head_names)`` → logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 3)
+
+    def forward(self, images, head_names=None):
+        return self.body(images)
+
+
+def _batches(steps: int, poison: int | None = None, size: int = 5) -> list:
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for k in range(steps):
+        x = torch.randn(size, 4, generator=g)
+        if k == poison:
+            x[0, 0] = float("inf")
+        out.append((x, torch.randint(0, 3, (size,), generator=g)))
+    return out
+
+
+def _train(batches, fused: bool, epochs: int = 2, lr: float = 0.05):
+    torch.manual_seed(0)
+    net = _Net()
+    params = list(net.parameters())
+    spec = TrainSpec(lr=lr, epochs=epochs, batch_size=5)
+    opt, sched = make_optimizer(params, spec, fused=fused)
+    losses = train_session(net, params, batches, spec, head_names=[], class_offset=0, device=torch.device("cpu"),
+                           optimizer=opt, scheduler=sched)
+    return net, losses
+
+
+def test_fused_loop_trains_like_the_checked_loop_to_float_precision():
+    (a, la), (b, lb) = _train(_batches(4), fused=False), _train(_batches(4), fused=True)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert la == pytest.approx(lb, rel=1e-5)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_non_finite_step_changes_no_parameter_and_is_named(fused):
+    """Step 2 of epoch 1 has an Inf input: the parameters stay those after step 1, on both loops."""
+    clean = _batches(4)
+    poisoned = clean[:2] + _batches(4, poison=2)[2:3] + clean[3:]
+    expected, _ = _train(clean[:2], fused=fused, epochs=1)
+    torch.manual_seed(0)
+    net = _Net()
+    params = list(net.parameters())
+    spec = TrainSpec(lr=0.05, epochs=1, batch_size=5)
+    opt, sched = make_optimizer(params, spec, fused=fused)
+    with pytest.raises(NonFiniteTrainingError, match=r"at epoch 0, step 2 \(lr 0.05\)"):
+        train_session(net, params, poisoned, spec, head_names=[], class_offset=0, device=torch.device("cpu"), optimizer=opt, scheduler=sched)
+    for p, q in zip(net.parameters(), expected.parameters()):
+        assert torch.equal(p, q)
+    assert all(torch.isfinite(v).all() for state in opt.state.values() for v in state.values())
+
+
+def test_fused_loop_reads_the_device_once_per_epoch_whatever_the_steps(monkeypatch):
+    reads = {"n": 0}
+    for name in ("item", "__bool__", "__float__", "__int__", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _original=original, **k):
+            reads["n"] += 1
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+    def reads_for(steps: int) -> int:
+        reads["n"] = 0
+        _train(_batches(steps), fused=True, epochs=1)
+        return reads["n"]
+
+    assert reads_for(2) == reads_for(7) > 0  # counted, and constant in the number of steps
+
+
+def test_compiled_last_batch_is_padded_to_the_batch_size(monkeypatch):
+    shapes = []
+    monkeypatch.setattr(torch, "compile", lambda net: (lambda x, h: (shapes.append(tuple(x.shape)), net(x, h))[1]))
+    net = _Net()
+    params = list(net.parameters())
+    spec = TrainSpec(lr=0.05, epochs=1, batch_size=5, compile=True)
+    batches = _batches(2) + [(torch.randn(3, 4), torch.tensor([0, 1, 2]))]
+    train_session(net, params, batches, spec, head_names=[], class_offset=0, device=torch.device("cpu"))
+    assert shapes == [(5, 4)] * 3
