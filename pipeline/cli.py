@@ -46,19 +46,24 @@ def _percent(frame):
     return (frame * 100).round(2)
 
 
-def ui_url(host: str, port: int, experiment_id: str | None = None) -> str:
-    """The UI's address in its "Model training" view: MLflow 3's UI starts in its GenAI
-    view (a switch it keeps in the browser) unless the link says ``workflowType``."""
+def ui_url(host: str, port: int, experiment_id: str | None = None, run_id: str | None = None) -> str:
+    """The UI's address in its "Model training" view: MLflow 3.17's UI starts in its GenAI
+    view unless the link says ``workflowType`` (or the browser's switch was flipped); the
+    ``mlflow.experimentKind`` tag is not read for this. A run's address opens its "Model
+    metrics" tab, where the final accuracy matrix is; the tabs keep ``workflowType``."""
     page = f"experiments/{experiment_id}/runs" if experiment_id else "experiments"
+    if experiment_id and run_id:
+        page += f"/{run_id}/model-metrics"
     return f"http://{host}:{port}/#/{page}?workflowType=machine_learning"
 
 
-def _experiments(uri: str) -> list[tuple[str, str]]:
-    """(name, id) of the store's experiments that hold runs."""
+def _experiments(uri: str) -> list[tuple[str, str, str]]:
+    """(name, id, newest run's id) of the store's experiments that hold runs."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    return [(e.name, e.experiment_id) for e in client.search_experiments() if client.search_runs([e.experiment_id], max_results=1)]
+    found = ((e, client.search_runs([e.experiment_id], max_results=1, order_by=["attributes.start_time DESC"])) for e in client.search_experiments())
+    return [(e.name, e.experiment_id, runs[0].info.run_id) for e, runs in found if runs]
 
 
 def browse_hint(tracking_uri: str) -> str:
@@ -262,8 +267,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     print(f"MLflow UI: open {ui_url(args.host, args.port)}  ({' '.join(shlex.quote(c) for c in cmd)})")
     # MLflow 3's UI keeps a GenAI / Model training switch in the browser (GenAI at first):
     # these links open each experiment's runs in the Model training view
-    for name, experiment_id in _experiments(uri):
+    for name, experiment_id, run_id in _experiments(uri):
         print(f"  {name}: {ui_url(args.host, args.port, experiment_id)}")
+        print(f"    newest run: {ui_url(args.host, args.port, experiment_id, run_id)}")
     sys.stdout.flush()
     os.execv(cmd[0], cmd)
     return 0  # pragma: no cover

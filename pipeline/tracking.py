@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import yaml
 
@@ -106,12 +107,32 @@ def mark_model_training(client, experiment_id: str) -> None:
 
 
 HEATMAP_IMAGE_KEY = "acc/test/accuracy_matrix"
+# The finished run's matrix and curves, once, at the last step (no slider that opens on step 0).
+# The "Model metrics" tab sorts its sections by name (String.localeCompare: "_" before letters
+# and digits), so "_final" is its first section, above "acc_task_id/..." and "acc/...".
+FINAL_IMAGE_KEYS = {"matrix": "_final/accuracy_matrix", "curves": "_final/accuracy_curves"}
 
 
 def log_heatmap_image(client, run_id: str, fig, step: int) -> None:
     """The heat map as an MLflow image at ``step``: the run page's "Model metrics" tab shows it
     beside the ``acc/test`` charts (with a step slider), one click from the run."""
     client.log_image(run_id, figure_pixels(fig), key=HEATMAP_IMAGE_KEY, step=step)
+
+
+DESCRIPTION_TAG = "mlflow.note.content"
+RESULT_PLOTS = ("plots/accuracy_matrix.png", "plots/accuracy_curves.png")
+
+
+def describe_run(client, run_id: str) -> None:
+    """Show the final matrix and curves in the run's description, unless it has one.
+
+    The description is the first free-text section of the run's Overview tab (the page a
+    click on a run opens), above its metrics and parameters; MLflow renders it as Markdown.
+    The image links are relative, so they resolve against wherever the UI is served.
+    """
+    if DESCRIPTION_TAG not in client.get_run(run_id).data.tags:
+        links = (f"![{Path(p).stem}](get-artifact?path={quote(p, safe='')}&run_uuid={run_id})" for p in RESULT_PLOTS)
+        client.set_tag(run_id, DESCRIPTION_TAG, "\n".join(links))
 
 
 NODES_TAG = "nodes"
@@ -310,14 +331,19 @@ class Tracker:
                 matrix.to_csv(path, float_format="%.6f")
                 self.client.log_artifact(run_id, str(path))
         fig = accuracy_heatmap(results.test, f"{spec.label}: test accuracy R[session, task]")
-        self.client.log_figure(run_id, fig, "plots/accuracy_matrix.png")
+        self.client.log_figure(run_id, fig, RESULT_PLOTS[0])
         log_heatmap_image(self.client, run_id, fig, step=upto)
+        final = upto == len(sessions) - 1
+        if final:
+            self.client.log_image(run_id, figure_pixels(fig), key=FINAL_IMAGE_KEYS["matrix"], step=upto)
         close(fig)
         curves = {f"test/{k}": v for k, v in results.curves("test").items()}
         if not results.val.empty and not results.val.isna().all().all():
             curves.update({f"val/{k}": v for k, v in results.curves("val").items()})
         fig = metric_curves(curves, f"{spec.label}: accuracy after each session")
-        self.client.log_figure(run_id, fig, "plots/accuracy_curves.png")
+        self.client.log_figure(run_id, fig, RESULT_PLOTS[1])
+        if final:
+            self.client.log_image(run_id, figure_pixels(fig), key=FINAL_IMAGE_KEYS["curves"], step=upto)
         close(fig)
 
     # ------------------------------------------------------------------- end
@@ -339,6 +365,7 @@ class Tracker:
         if self.cfg.log_adapters:
             for relative in _verified_state_files(run_dir, len(sessions)):
                 self.client.log_artifact(run_id, str(run_dir.file(relative)), f"adapters/{Path(relative).parent}")
+        describe_run(self.client, run_id)
         self.system_metrics.stop(run_id)
         if "error" in self.client.get_run(run_id).data.tags:  # a killed run resumed to the end
             self.client.delete_tag(run_id, "error")

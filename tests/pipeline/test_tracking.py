@@ -14,7 +14,7 @@ from pipeline.config import TrackingConfig, config_from_dict
 from pipeline.nodes import current_node_id
 from pipeline.runner import execute, make_specs
 from pipeline.state import RunDir, StageKey
-from pipeline.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND, Tracker, log_stage_node
+from pipeline.tracking import DESCRIPTION_TAG, EXPERIMENT_KIND_TAG, FINAL_IMAGE_KEYS, MODEL_TRAINING_KIND, RESULT_PLOTS, Tracker, log_stage_node
 
 
 def test_experiments_are_model_training(tmp_path):
@@ -102,6 +102,31 @@ def test_system_metrics_can_be_switched_off(tmp_path, tiny_checkpoint, monkeypat
     (outcome,) = execute(make_specs(cfg), progress=False)
     metrics = MlflowClient(tracking_uri=cfg.tracking.uri).get_run(outcome.run_id).data.metrics
     assert "final/final_acc_task_mean" in metrics and not [k for k in metrics if k.startswith("system/")]
+
+
+def test_finished_run_shows_its_final_matrix_first(tmp_path, tiny_checkpoint):
+    """The final matrix and curves: images logged once, at the last step (under "_final", the
+    first section of "Model metrics"), and the run's description links both plots."""
+    from mlflow import MlflowClient
+
+    cfg = config_from_dict(tiny_config_dict(tmp_path, tiny_checkpoint, data={"num_tasks": 2}))
+    (outcome,) = execute(make_specs(cfg), progress=False)
+    client = MlflowClient(tracking_uri=cfg.tracking.uri)
+    images = [f.path for f in client.list_artifacts(outcome.run_id, "images") if f.path.endswith(".png")]
+    for key in FINAL_IMAGE_KEYS.values():
+        assert [p for p in images if p.startswith(f"images/{key.replace('/', '~')}+")] == [p for p in images if f"{key.replace('/', '~')}+step+1+" in p]
+        assert len([p for p in images if key.replace("/", "~") in p]) == 1
+    assert sorted(FINAL_IMAGE_KEYS.values())[0] < "acc"  # the UI's first section (localeCompare puts "_" first too)
+    note = client.get_run(outcome.run_id).data.tags[DESCRIPTION_TAG]
+    assert note.index("accuracy_matrix") < note.index("accuracy_curves")
+    for plot in RESULT_PLOTS:
+        assert f"get-artifact?path={plot.replace('/', '%2F')}&run_uuid={outcome.run_id}" in note
+        assert client.list_artifacts(outcome.run_id, plot.split("/")[0])
+    client.set_tag(outcome.run_id, DESCRIPTION_TAG, "my own notes")  # a user's description is kept
+    run_dir = outcome.run_dir
+    run_dir.write_json("tracking.json", {**run_dir.read_json("tracking.json"), "finished": False})
+    execute(make_specs(cfg), progress=False)
+    assert client.get_run(outcome.run_id).data.tags[DESCRIPTION_TAG] == "my own notes"
 
 
 @pytest.mark.parametrize(("uri", "expected", "absent"), [

@@ -1,13 +1,14 @@
 """``inflora ui`` in a real browser: Debian's Chromium, headless, driven by Selenium.
 
-A tiny run is logged to a sqlite store; ``inflora ui`` serves it; the browser opens
-the experiment's address that the command prints, clicks the run, then the run's
-"Model metrics" tab, and checks what a researcher looks for: the run's name, the
-``acc/test/task_mean`` chart and the accuracy-matrix heat map (an MLflow image
-logged by the tracker, among the ``acc/test`` charts). MLflow 3.17's UI opens an
-experiment in its GenAI view unless told otherwise (a switch kept in the browser,
-whatever the experiment's ``mlflow.experimentKind`` tag says), so ``inflora ui``
-prints one address per experiment in the "Model training" view. The page is saved as
+A tiny run is logged to a sqlite store; ``inflora ui`` serves it; a fresh browser opens
+the newest run's address that the command prints and checks what a researcher looks
+for. MLflow 3.17's UI opens in its GenAI layout unless the address says
+``workflowType=machine_learning`` (or the browser's GenAI / Model training switch was
+flipped); the ``mlflow.experimentKind`` tag is not read for this, so the printed
+addresses say it. On the run's "Model metrics" tab the first section is ``_final``: the
+final matrix and curves, logged once at the last step. On its Overview tab (kept in the
+Model training layout) the description shows the final matrix above the metrics and
+parameters, in view without scrolling. The page is saved as
 ``benchmarks/results/ui/run_page.png`` (the README shows it). Without chromium and
 chromium-driver (``apt-get install chromium chromium-driver``) the test skips,
 unless ``INFLORA_CI`` is set: then it fails.
@@ -32,7 +33,7 @@ from process_helpers import stop_process_group
 
 from pipeline.config import config_from_dict
 from pipeline.runner import execute, make_specs
-from pipeline.tracking import HEATMAP_IMAGE_KEY
+from pipeline.tracking import FINAL_IMAGE_KEYS, RESULT_PLOTS
 
 pytestmark = pytest.mark.ui
 
@@ -98,62 +99,60 @@ def ui(tmp_path, tiny_checkpoint):
                 assert proc.poll() is None, log.read_text()[-2000:]
                 assert time.time() < deadline, f"inflora ui did not come up:\n{log.read_text()[-2000:]}"
                 time.sleep(0.5)
-        printed = re.search(r"^  inflora-demo: (\S+)$", log.read_text(), re.M)
+        printed = re.search(r"^  inflora-demo: (\S+)\n    newest run: (\S+)$", log.read_text(), re.M)
         assert printed, log.read_text()[:2000]
-        yield printed.group(1), run
+        yield printed.group(1), printed.group(2), run
     finally:
         stop_process_group(proc)
 
 
-def test_run_page_shows_the_run_its_chart_and_heat_map(ui, browser):
+def _in_view(browser, element) -> bool:
+    """Whether ``element`` is drawn inside the window as the page stands (no scrolling)."""
+    return browser.execute_script("const r = arguments[0].getBoundingClientRect(); return r.height > 0 && r.top >= 0 && r.top < window.innerHeight;", element)
+
+
+def _loaded_images(browser, fragment: str) -> list:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
+
+    return [i for i in browser.find_elements(By.TAG_NAME, "img") if fragment in (i.get_attribute("src") or "") and i.get_attribute("naturalWidth") not in (None, "0")]
+
+
+def test_run_page_opens_on_the_final_matrix(ui, browser):
+    from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    url, run = ui
+    experiment_url, run_url, run = ui
     wait = WebDriverWait(browser, WAIT_S)
-    assert url.startswith("http://127.0.0.1:") and url.endswith(f"/#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning")
-    browser.get(url)  # the experiment's address that inflora ui printed: its runs table (not the GenAI traces view)
-    wait.until(ec.presence_of_element_located((By.LINK_TEXT, run.info.run_name)))
-    # The link shows the runs, but only the side bar's switch is remembered (in the browser) for
-    # the pages that follow: flip it as a user would, GenAI and back to Model training.
-    # (JavaScript clicks: a GenAI tour pop-up may lie over the switch.)
-    switch = "//*[@role='button' or self::button][normalize-space()='{}']"
-    for side in ("GenAI", "Model training"):
-        browser.execute_script("arguments[0].click()", wait.until(ec.presence_of_element_located((By.XPATH, switch.format(side)))))
-    wait.until(ec.url_contains("/runs"))
-    wait.until(ec.element_to_be_clickable((By.LINK_TEXT, run.info.run_name))).click()
-    wait.until(ec.url_contains(f"/runs/{run.info.run_id}"))
-    # the run page -> its "Model metrics" tab
-    wait.until(ec.element_to_be_clickable((By.XPATH, "//*[@role='tab' or self::a or self::button][normalize-space()='Model metrics']"))).click()
-    # A run logs dozens of metrics and the page draws only the charts in view: filter them
-    # with the page's own chart search, as a user looking for one metric would.
-    search = wait.until(ec.element_to_be_clickable((By.XPATH, "//input[contains(@placeholder, 'earch')]")))
-
-    def show(text: str) -> None:
-        search.send_keys(Keys.CONTROL, "a")
-        search.send_keys(Keys.BACKSPACE)
-        search.send_keys(text)
-
+    base = experiment_url.split("#")[0]
+    assert experiment_url == f"{base}#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning"
+    assert run_url == f"{base}#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}/model-metrics?workflowType=machine_learning"
     try:
-        show("acc/test/task_mean")
-        wait.until(ec.presence_of_element_located((By.XPATH, "//*[contains(text(), '(acc/test/task_mean)')]")))
-        show("acc/test/")  # the chart and the heat map image side by side
+        browser.get(run_url)  # a fresh browser: its GenAI / Model training switch was never touched
+        # "Model metrics": the first section holds the final matrix, logged at the last step only
+        final = FINAL_IMAGE_KEYS["matrix"].replace("/", "~")  # how MLflow names an image key's files
+        wait.until(lambda d: _loaded_images(d, final))
+        body = browser.find_element(By.TAG_NAME, "body").text
+        assert "Evaluation runs" not in body and "_final" in body  # the Model training side bar, not the GenAI one
+        assert body.index("_final") < body.index("acc/test")
+        # the Overview tab (the tab switch keeps workflowType): the description shows the final matrix
+        wait.until(ec.element_to_be_clickable((By.XPATH, "//*[@role='tab' or self::button][normalize-space()='Overview']"))).click()
+        matrix = wait.until(lambda d: _loaded_images(d, RESULT_PLOTS[0].replace("/", "%2F")))[0]
+        wait.until(ec.presence_of_element_located((By.XPATH, "//*[starts-with(normalize-space(), 'Parameters (')]")))
     except Exception:
         browser.save_screenshot(str(Path(tempfile.gettempdir()) / "inflora_ui_failure.png"))  # to see what the page showed
         raise
-    heatmap = HEATMAP_IMAGE_KEY.replace("/", "~")  # how MLflow names an image key's files
-    image = wait.until(lambda d: [i for i in d.find_elements(By.TAG_NAME, "img") if heatmap in (i.get_attribute("src") or "") and i.get_attribute("naturalWidth") not in (None, "0")])
-    assert image
     body = browser.find_element(By.TAG_NAME, "body").text
-    assert run.info.run_name in body
-    assert "Evaluation runs" not in body  # the Model training view's side bar, not the GenAI one
-    assert "task_mean" in body and "acc/test" in body
+    assert run.info.run_name in body and "Evaluation runs" not in body
+    params = browser.find_element(By.XPATH, "//*[starts-with(normalize-space(), 'Parameters (')]")
+    assert _in_view(browser, matrix), "the final matrix is not in view when the run opens"
+    assert matrix.location["y"] < params.location["y"], "the final matrix is below the run's parameters"
+    for more in browser.find_elements(By.XPATH, "//*[self::button or @role='button'][normalize-space()='Show more']")[:1]:
+        more.click()  # the description opens folded: unfold it, as a user would, to show matrix and curves
+        wait.until(lambda d: _loaded_images(d, RESULT_PLOTS[1].replace("/", "%2F")))
     for close in browser.find_elements(By.XPATH, "//*[contains(., 'MLflow Assistant')]/ancestor::*[.//button][1]//button[@aria-label='Close']"):
         close.click()  # the assistant's side panel, only for a wider screenshot
         break
-    browser.execute_script("arguments[0].scrollIntoView({block: 'nearest', inline: 'nearest'});", image[0])  # inside its card
     time.sleep(1)
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(SCREENSHOT))
