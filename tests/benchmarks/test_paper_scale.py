@@ -20,5 +20,5 @@ def test_paper_scale_measures_both_paths_and_the_device_path_leaves_less_on_the_
     assert 0 < float(rows["device"]) < float(rows["pil"])  # the host's share per training image
     for path in ("pil", "device"):
         section = report.split(f"## Per task, `{path}` path")[1]
-        assert re.search(r"^\| train +\| +[0-9.]+ \|", section, re.M)
+        assert re.search(r"^\| train +\| +[0-9.]+ +\|", section, re.M)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("paper_scale_")] == []  # its work folder is removed
