@@ -51,10 +51,10 @@ def _model_sha256(model: nn.Module) -> str:
 
 def record_backbone_hash(run_dir: RunDir, backbone: BackboneConfig) -> str:
     """Write the backbone's hash into ``run.json`` on the run's first start; on a resume, check it."""
-    record = run_dir.read_json("run.json")
+    record = run_dir.read_json(RunDir.RUN)
     digest = backbone_sha256(backbone)
     if record.get(_KEY) is None:
-        run_dir.write_json("run.json", {**record, _KEY: digest})
+        run_dir.write_json(RunDir.RUN, {**record, _KEY: digest})
     elif record[_KEY] != digest:
         raise RunStateError(_mismatch(run_dir, backbone, record[_KEY], digest))
     return digest
@@ -65,7 +65,7 @@ def check_backbone_hash(run_dir: RunDir, backbone: BackboneConfig, model: nn.Mod
 
     A model object is hashed once per process (stages reuse a cached backbone).
     """
-    expected = run_dir.read_json("run.json").get(_KEY)
+    expected = run_dir.read_json(RunDir.RUN).get(_KEY)
     if expected is None:
         return
     actual = _model_sha256(model)

@@ -13,6 +13,10 @@ import signal
 import sys
 from pathlib import Path
 
+from sweeps.cli import add_sweep_parser, print_mlflow_sweep
+
+from .store import browse_hint, resolve_tracking_uri
+
 __all__ = ["main"]
 
 
@@ -66,16 +70,6 @@ def _experiments(uri: str) -> list[tuple[str, str, str]]:
     return [(e.name, e.experiment_id, runs[0].info.run_id) for e, runs in found if runs]
 
 
-def browse_hint(tracking_uri: str) -> str:
-    """How to look at a tracking store: a server is opened in a browser (``mlflow ui
-    --backend-store-uri http://…`` would be meaningless), a local store with ``inflora ui``."""
-    if tracking_uri.startswith(("http://", "https://")):
-        # the compose stack's runner logs to http://mlflow:5000, published on the host's 127.0.0.1
-        local = "http://127.0.0.1:5000" if "://mlflow:" in tracking_uri else tracking_uri
-        return f"browse: open {local} in a browser"
-    return f"browse with: inflora ui   (or: mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --host 127.0.0.1)"
-
-
 def _print_outcomes(outcomes, tracking_uri: str | None) -> None:
     import pandas as pd
 
@@ -101,7 +95,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .runner import execute, make_specs, spec_from_run_dir
     from .preflight import check_resume, preflight
-    from .tracking import resolve_tracking_uri
 
     if args.resume:
         specs = [spec_from_run_dir(path) for path in args.resume]
@@ -129,9 +122,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcomes = execute(specs, progress=not args.no_progress, notify=_say)
     cfg = specs[0].config
     _print_outcomes(outcomes, resolve_tracking_uri(cfg.tracking) if cfg.tracking.enabled else None)
+    return _exit_code(outcomes)
+
+
+def _exit_code(outcomes) -> int:
+    """3 when the tracking server stayed down until the end (the runs wait to be logged), else 0."""
     from .offline import backlog_message
 
-    waiting = backlog_message(outcomes)  # the tracking server stayed down until the end
+    waiting = backlog_message(outcomes)
     if waiting:
         print(f"inflora: error: {waiting}", file=sys.stderr)
         return 3
@@ -175,26 +173,26 @@ def _check_same_protocol(configs, sources: list[str]) -> None:
 
 def _run_comparison(cfg, specs, args: argparse.Namespace) -> int:
     """Every method on the same split, class order and seeds, as one batch, nested under one MLflow run."""
+    from .offline import GuardedTracker
     from .report import runs_table, summary_notes, summary_table
     from .runner import execute
-    from .tracking import Tracker, resolve_tracking_uri
 
     parent = None
     tracker = None
-    if cfg.tracking.enabled:
-        tracker = Tracker(cfg.tracking)
+    if cfg.tracking.enabled:  # the same guarded path as single runs: an outage never stops them
+        tracker = GuardedTracker(cfg.tracking)
         parent = tracker.open_comparison(cfg, [s.config.method.name for s in specs], sorted({s.seed for s in specs}))
-    outcomes = execute(specs, progress=not args.no_progress, parent_run_id=parent, notify=_say)
+    outcomes = execute(specs, progress=not args.no_progress, parent_run_id=parent, notify=_say, tracker=tracker)
     _print_outcomes(outcomes, resolve_tracking_uri(cfg.tracking) if cfg.tracking.enabled else None)
-    if tracker is not None and parent is not None:
+    if tracker is not None and parent is not None and tracker.online:
         # by run id, not by parent: a run finished before (its directory reused) keeps its own MLflow run
-        run_ids = {o.run_dir.read_json("tracking.json")["run_id"] for o in outcomes if o.run_dir.file("tracking.json").is_file()}
+        run_ids = {state["run_id"] for state in (o.run_dir.read_tracking() for o in outcomes) if state is not None}
         table = runs_table(cfg.tracking.experiment, tracking_uri=tracker.uri)
         table = table[table["run_id"].isin(run_ids)] if not table.empty else table
         summary = summary_table(table)
         _print_summary(f"{cfg.name}: every method on the same split and seeds (%)", summary, summary_notes(table))
         tracker.finish_comparison(parent, table, summary)
-    return 0
+    return _exit_code(outcomes)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -221,8 +219,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     if args.sweep:
-        from sweeps.cli import print_mlflow_sweep
-
         return print_mlflow_sweep(args.sweep, tracking_uri=args.tracking_uri, experiment=args.experiment)
     from .report import runs_table, summary_notes, summary_table
 
@@ -254,7 +250,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     from .config import TrackingConfig
-    from .tracking import resolve_tracking_uri
 
     uri = args.tracking_uri or resolve_tracking_uri(TrackingConfig())
     if uri.startswith("http"):
@@ -334,12 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--force", action="store_true")
     pre.set_defaults(func=cmd_pretrain)
 
-    try:
-        from sweeps.cli import add_sweep_parser
-    except ImportError:  # pragma: no cover - sweeps is part of the package
-        pass
-    else:
-        add_sweep_parser(sub)
+    add_sweep_parser(sub)
     return parser
 
 

@@ -1,14 +1,15 @@
 """Tracking that never stops the computation: an MLflow outage marks the tracker offline.
 
-:class:`GuardedTracker` has :class:`~pipeline.tracking.Tracker`'s driver-side
-methods. A failing MLflow call (server killed, network down) marks the tracker
-offline instead of raising: stages go on, and what could not be logged stays
-recorded in the run directory (``tracking.json`` lists the stages that were
-logged; the stage markers hold every result). While offline, the tracker asks
-the server again every ``retry_s`` seconds and, once it answers, sends the
-backlog in stage order; a later re-run of the same command sends whatever is
-left. Metrics carry their stage marker's time, so a batch sent twice is stored
-once (see :mod:`pipeline.timestamps`).
+:class:`GuardedTracker` is a :class:`~pipeline.tracking.RunTracker` around
+:class:`~pipeline.tracking.Tracker`. A failing MLflow call (server killed,
+network down) marks it offline instead of raising: stages go on, and what could
+not be logged stays recorded in the run directory (``tracking.json`` lists the
+stages that were logged; the stage markers hold every result). There is no
+backlog to keep: while offline, the tracker asks the server again every
+``retry_s`` seconds and, once it answers, syncs every run it holds (the same
+:meth:`~pipeline.tracking.Tracker.sync` as after each stage); a later re-run of
+the same command syncs whatever is left. Metrics carry their stage marker's
+time, so a batch sent twice is stored once (see :mod:`pipeline.timestamps`).
 
 MLflow's HTTP client retries a refused connection for minutes by default; the
 driver's retries are shortened here (``MLFLOW_HTTP_REQUEST_*``, unless set).
@@ -20,15 +21,16 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import TrackingConfig
 from .results import collect_results
-from .stages import RunSpec
-from .state import RunDir, RunStateError, StageKey
-from .tracking import Tracker, resolve_tracking_uri
+from .stages import RunSpec, method_of
+from .state import RunDir
+from .store import resolve_tracking_uri
+from .tracking import RunTracker, Tracker
 
 __all__ = ["GuardedTracker", "TrackingUnavailable", "probe_tracking_uri", "stages_waiting", "backlog_message"]
 
@@ -87,15 +89,16 @@ def _tracking_errors() -> tuple[type[BaseException], ...]:
 
 @dataclass
 class _Run:
+    """A run to keep in sync: how to open its MLflow run, and whether it is open."""
+
     spec: RunSpec
     run_dir: RunDir
     parent_run_id: str | None
     tags: dict[str, str] | None
     run_id: str | None = None
-    backlog: list[tuple[StageKey, Mapping[str, Any], list[list[int]]]] = field(default_factory=list)
 
 
-class GuardedTracker:
+class GuardedTracker(RunTracker):
     """A :class:`Tracker` that goes offline on a tracking outage instead of failing the runs.
 
     Args:
@@ -103,7 +106,7 @@ class GuardedTracker:
         experiment: overrides ``cfg.experiment``.
         retry_s: seconds between attempts to reach the server while offline.
         final_wait_s: at the end of the runs, how long to keep trying a server that is
-            down (e.g. restarting) before leaving the backlog for a re-run; once per tracker.
+            down (e.g. restarting) before leaving the rest for a re-run; once per tracker.
         **tracker_kwargs: passed to :class:`Tracker`.
 
     Raises:
@@ -123,7 +126,8 @@ class GuardedTracker:
         self._experiment = experiment
         self._kwargs = tracker_kwargs
         self._inner: Tracker | None = None
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[Path, _Run] = {}
+        self._behind = False  # runs may have stages that an outage kept from being logged
         self._next_try = 0.0
         self.offline_reason: str | None = None
         reason = probe_tracking_uri(self.uri)
@@ -147,6 +151,7 @@ class GuardedTracker:
             _logger.warning("MLflow at %s unreachable (%s): the runs go on; results are logged when it answers", self.uri, reason)
         self.offline_reason = str(reason).splitlines()[0][:300] if str(reason) else type(reason).__name__
         self._next_try = time.monotonic() + self.retry_s
+        self._behind = True
 
     def _available(self) -> bool:
         """Online, or back online after a successful retry."""
@@ -164,27 +169,34 @@ class GuardedTracker:
         self.offline_reason = None
         return True
 
-    def _flush(self, run: _Run) -> bool:
-        """Open ``run``'s MLflow run if needed and send its backlog; ``False`` if the server failed."""
-        assert self._inner is not None
+    def _guarded(self, call, *args: Any) -> bool:
+        """Run a call on the tracker; ``False`` (and offline) if the server failed."""
         try:
-            if run.run_id is None:
-                run.run_id = self._inner.open_run(run.spec, run.run_dir, parent_run_id=run.parent_run_id, tags=run.tags)
-            while run.backlog:
-                key, info, sessions = run.backlog[0]
-                self._inner.log_stage(run.run_id, run.spec, run.run_dir, key, info, sessions)
-                run.backlog.pop(0)
+            call(*args)
             return True
         except _tracking_errors() as exc:
             self._go_offline(exc)
             return False
 
-    def _flush_all(self) -> bool:
-        return self._available() and all(self._flush(run) for run in self._runs.values())
+    def _sync_run(self, run: _Run) -> None:
+        assert self._inner is not None
+        if run.run_id is None:
+            run.run_id = self._inner.open_run(run.spec, run.run_dir, parent_run_id=run.parent_run_id, tags=run.tags)
+        self._inner.sync(run.run_dir)
+
+    def _sync(self, run: _Run) -> bool:
+        """Sync ``run`` (every run, after an outage); ``False`` while the server does not answer."""
+        if not self._available():
+            return False
+        if not self._behind:
+            return self._guarded(self._sync_run, run)
+        if all(self._guarded(self._sync_run, other) for other in list(self._runs.values())):
+            self._behind = False
+        return not self._behind
 
     def _wait_for_server(self) -> None:
         """The runs are done but the server is down: give it ``final_wait_s`` to come back
-        (a restart takes seconds) before the backlog is left for a re-run."""
+        (a restart takes seconds) before the rest is left for a re-run."""
         if self.online or self._waited:
             return
         self._waited = True
@@ -195,47 +207,55 @@ class GuardedTracker:
                 return
             time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
 
-    # ------------------------------------------------------------ Tracker's methods
+    # ------------------------------------------------------------ RunTracker
     def open_run(self, spec: RunSpec, run_dir: RunDir, *, parent_run_id: str | None = None, tags: Mapping[str, str] | None = None) -> str:
         """The MLflow run id, or ``offline:<run dir>`` while the server is down."""
         run = _Run(spec, run_dir, parent_run_id, dict(tags) if tags else None)
+        self._runs[run_dir.path] = run
         if self._available():
-            self._flush(run)
-        handle = run.run_id or f"{OFFLINE_PREFIX}{run_dir.path}"
-        self._runs[handle] = run
-        return handle
+            self._guarded(self._sync_run, run)
+        return run.run_id or f"{OFFLINE_PREFIX}{run_dir.path}"
 
-    def log_stage(self, run_id: str, spec: RunSpec, run_dir: RunDir, key: StageKey, info: Mapping[str, Any], sessions: list[list[int]]) -> None:
-        self._runs[run_id].backlog.append((key, info, sessions))
-        self._flush_all()
+    def sync(self, run_dir: RunDir) -> None:
+        self._sync(self._runs[run_dir.path])
 
-    def finish(self, run_id: str, spec: RunSpec, run_dir: RunDir, sessions: list[list[int]]) -> dict[str, float]:
-        run = self._runs[run_id]
+    def finish(self, run_dir: RunDir) -> dict[str, float]:
+        run = self._runs[run_dir.path]
         self._wait_for_server()
-        if self._flush_all() and run.run_id is not None:
+        if self._sync(run):
             try:
-                return self._inner.finish(run.run_id, spec, run_dir, sessions)  # type: ignore[union-attr]
+                return self._inner.finish(run_dir)  # type: ignore[union-attr]
             except _tracking_errors() as exc:
                 self._go_offline(exc)
-        return collect_results(run_dir, sessions).summary("test")
+        return collect_results(run_dir, method_of(run.spec.config).sessions(run.spec.config.data.num_tasks)).summary("test")
 
-    def fail(self, run_id: str, error: str, status: str = "FAILED") -> None:
-        run = self._runs.get(run_id)
-        if run is None or not self._flush_all() or run.run_id is None:
+    def fail(self, run_dir: RunDir, error: str, status: str = "FAILED") -> None:
+        run = self._runs.get(run_dir.path)
+        if run is None or not self._sync(run):
             return  # the re-run reopens the MLflow run and ends it
+        self._guarded(self._inner.fail, run_dir, error, status)  # type: ignore[union-attr]
+
+    def open_comparison(self, cfg, methods: list[str], seeds: list[int]) -> str | None:
+        """The comparison's parent run; ``None`` while the server is down (the runs then log unnested)."""
+        if not self._available():
+            return None
         try:
-            self._inner.fail(run.run_id, error, status=status)  # type: ignore[union-attr]
+            return self._inner.open_comparison(cfg, methods, seeds)  # type: ignore[union-attr]
         except _tracking_errors() as exc:
             self._go_offline(exc)
+            return None
+
+    def finish_comparison(self, run_id: str, runs, summary) -> None:
+        if self._available():
+            self._guarded(self._inner.finish_comparison, run_id, runs, summary)  # type: ignore[union-attr]
 
 
 # ------------------------------------------------------------------ what waits
 def stages_waiting(run_dir: RunDir) -> list[str]:
     """Finished stages of ``run_dir`` not logged to MLflow yet (all of them without ``tracking.json``)."""
-    done = sorted(str(p.relative_to(run_dir.path))[: -len(".done.json")] for p in Path(run_dir.path).rglob("*.done.json"))
-    try:
-        state = run_dir.read_json("tracking.json")
-    except RunStateError:
+    done = run_dir.finished_stages()
+    state = run_dir.read_tracking()
+    if state is None:
         return done
     logged = set(state.get("logged", []))
     waiting = [k for k in done if k not in logged]

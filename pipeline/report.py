@@ -30,6 +30,8 @@ import pandas as pd
 
 from model.methods.published import PublishedFigure, figures_of
 
+from .store import open_store
+
 __all__ = [
     "PROTOCOL_KEYS",
     "TRAINING_KEYS",
@@ -215,32 +217,6 @@ def _related(figures: dict[str, list[PublishedFigure]], method: str, params: Map
 
 
 # --------------------------------------------------------------------------- runs
-def open_store(tracking_uri: str | None = None, experiment: str | None = None):
-    """An :class:`mlflow.MlflowClient` on the tracking store and the experiment ids to search.
-
-    Args:
-        tracking_uri: the store (default: as ``inflora run`` resolves it).
-        experiment: one experiment by name; every experiment when ``None``.
-
-    Raises:
-        LookupError: no experiment of that name.
-    """
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from mlflow import MlflowClient
-
-    from .config import TrackingConfig
-    from .tracking import resolve_tracking_uri
-
-    uri = tracking_uri or resolve_tracking_uri(TrackingConfig())
-    client = MlflowClient(tracking_uri=uri)
-    if experiment:
-        found = client.get_experiment_by_name(experiment)
-        if found is None:
-            raise LookupError(f"no MLflow experiment named {experiment!r} in {uri}")
-        return client, [found.experiment_id]
-    return client, [e.experiment_id for e in client.search_experiments()]
-
-
 def _group_key(tags: Mapping[str, str], params: Mapping[str, str]) -> str:
     """The run's config hash without the seed: its ``result_key`` tag, or (runs logged before
     the tag) a hash of its params without the seed and where it lives."""

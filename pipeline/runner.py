@@ -2,9 +2,10 @@
 
 ``execute`` is what ``inflora run`` calls. For each run it creates (or checks)
 the run directory, opens its MLflow run, submits every unfinished stage with its
-dependencies to the executor and, while the cluster works, logs each finished
-stage to MLflow. Finished stages are skipped, so running the same command again
-resumes every run where it stopped.
+dependencies to the executor and, while the cluster works, announces each
+finished stage to its subscribers: the tracker (which syncs the run directory
+to MLflow) and the caller's ``on_stage``. Finished stages are skipped, so
+running the same command again resumes every run where it stopped.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .results import RunResults, collect_results
 from .scheduler import Executor, create_executor
 from .stages import RunSpec, init_run_dir, method_of, read_result, stage_dependencies, stage_plan
 from .state import IntegrityError, RunDir, StageKey
-from .tracking import Tracker, package_versions
+from .tracking import RunTracker, package_versions
 
 __all__ = ["RunOutcome", "RunFailed", "make_specs", "execute", "spec_from_run_dir"]
 
@@ -58,7 +59,8 @@ class RunOutcome:
     status: str = "RUNNING"
     error: str | None = None
     summary: dict[str, float] = field(default_factory=dict)
-    tracker: Tracker | None = field(default=None, repr=False)
+    tracker: RunTracker | None = field(default=None, repr=False)
+    subscribers: list[StageCallback] = field(default_factory=list, repr=False)
 
     def results(self) -> RunResults:
         return collect_results(self.run_dir, self.sessions)
@@ -78,9 +80,9 @@ def spec_from_run_dir(path: str) -> RunSpec:
     from .config import config_from_dict
 
     run_dir = RunDir(path)
-    if not run_dir.file("run.json").is_file():
+    if not run_dir.file(RunDir.RUN).is_file():
         raise FileNotFoundError(f"{run_dir.path} is not a run directory (no run.json)")
-    record = run_dir.read_json("run.json")
+    record = run_dir.read_json(RunDir.RUN)
     return RunSpec(config_from_dict(record["config"]), int(record["seed"]), str(run_dir.path))
 
 
@@ -113,6 +115,7 @@ def execute(
     on_stage: StageCallback | None = None,
     raise_on_failure: bool = True,
     notify: Callable[[str], None] | None = None,
+    tracker: RunTracker | None = None,
 ) -> list[RunOutcome]:
     """Run (or resume) every run in ``specs`` to the end.
 
@@ -122,11 +125,14 @@ def execute(
         progress: show a progress bar of finished stages.
         parent_run_id: MLflow run to nest the runs under (sweeps).
         tags: extra MLflow tags for every run.
-        on_stage: called in the driver after each stage finishes (and is logged).
+        on_stage: called in the driver after each stage finishes (and is logged), and
+            for each stage finished before.
         raise_on_failure: raise :class:`RunFailed` at the end if any run failed.
         notify: told, one line each, what happens before the stages run: a backbone
             pretrained or taken from the cache, stages already done and skipped
             (``print`` in the CLI; the module's log otherwise).
+        tracker: the tracker of every run that tracks (default: a :class:`GuardedTracker`
+            per tracking store and experiment).
     """
     if not specs:
         return []
@@ -135,7 +141,7 @@ def execute(
         ensure_backbone(spec.config.backbone, spec.config.data, progress=progress, notify=notify)
     executor = executor or create_executor(specs[0].config.resources)
     ensure_executor_fits(executor, [spec.config.resources for spec in specs])  # refuse what no node can run
-    trackers: dict[tuple[str, ...], Tracker] = {}
+    trackers: dict[tuple[str, ...], RunTracker] = {}
     outcomes: list[RunOutcome] = []
     pending: dict[Any, tuple[RunOutcome, StageKey]] = {}
     todo = 0
@@ -147,11 +153,15 @@ def execute(
         repair_run_dir(run_dir, method, cfg.data.num_tasks)
         outcome = RunOutcome(spec, run_dir, method.sessions(cfg.data.num_tasks))
         outcomes.append(outcome)
-        tracker = None
         if cfg.tracking.enabled:
             key = (cfg.tracking.uri or "", cfg.tracking.experiment)
-            tracker = trackers.get(key) or trackers.setdefault(key, GuardedTracker(cfg.tracking))  # an outage never stops the runs
-            outcome.run_id = tracker.open_run(spec, run_dir, parent_run_id=parent_run_id, tags=tags)
+            # an outage never stops the runs
+            outcome.tracker = tracker or trackers.get(key) or trackers.setdefault(key, GuardedTracker(cfg.tracking))
+            outcome.run_id = outcome.tracker.open_run(spec, run_dir, parent_run_id=parent_run_id, tags=tags)
+            outcome.tracker.sync(run_dir)  # what finished before
+            outcome.subscribers.append(outcome.tracker.on_stage)
+        if on_stage is not None:
+            outcome.subscribers.append(on_stage)
         handles: dict[StageKey, Any] = {}
         plan = stage_plan(method, cfg.data.num_tasks)
         done = sum(run_dir.is_done(key) for key in plan)
@@ -160,13 +170,13 @@ def execute(
         for key in plan:
             if run_dir.is_done(key):
                 handles[key] = None
-                _after_stage(outcome, tracker, key, read_result(run_dir, key), on_stage)
+                if on_stage is not None:
+                    on_stage(spec, key, read_result(run_dir, key))
                 continue
             upstream = [handles[d] for d in stage_dependencies(method, key) if handles[d] is not None]
             handles[key] = executor.submit(spec, key, upstream)
             pending[handles[key]] = (outcome, key)
             todo += 1
-        outcome.tracker = tracker
 
     bar = _Progress(todo, progress)
     try:
@@ -183,14 +193,15 @@ def execute(
                     outcome.status = "FAILED"
                     bar.advance(f"{outcome.spec.label} {key} FAILED")
                     continue
-                _after_stage(outcome, outcome.tracker, key, info, on_stage)
+                for subscriber in outcome.subscribers:
+                    subscriber(outcome.spec, key, info)
                 bar.advance(f"{outcome.spec.label} {key}")
     except BaseException as exc:  # interrupted (Ctrl-C, SIGTERM) or the driver failed: no MLflow run stays RUNNING
         stopped = isinstance(exc, (KeyboardInterrupt, SystemExit))
         for outcome in outcomes:
             if outcome.tracker is not None and outcome.status == "RUNNING":
                 error = "interrupted; resume with the same command" if stopped else f"driver: {type(exc).__name__}: {exc}"
-                outcome.tracker.fail(outcome.run_id, error, status="KILLED" if stopped else "FAILED")
+                outcome.tracker.fail(outcome.run_dir, error, status="KILLED" if stopped else "FAILED")
         raise
     finally:
         bar.close()
@@ -199,10 +210,10 @@ def execute(
         tracker = outcome.tracker
         if outcome.status == "FAILED":
             if tracker is not None:
-                tracker.fail(outcome.run_id, outcome.error or "failed")
+                tracker.fail(outcome.run_dir, outcome.error or "failed")
             continue
         if tracker is not None:
-            outcome.summary = tracker.finish(outcome.run_id, outcome.spec, outcome.run_dir, outcome.sessions)
+            outcome.summary = tracker.finish(outcome.run_dir)
         else:
             outcome.summary = outcome.results().summary("test")
         outcome.status = "FINISHED"
@@ -261,10 +272,3 @@ def verify_run_dir(run_dir: RunDir, method: ContinualMethod, num_tasks: int) -> 
                 raise IntegrityError(
                     f"{exc}; `inflora run --resume {run_dir.path}` re-runs {key} and every stage after it", exc.path, key
                 ) from None
-
-
-def _after_stage(outcome: RunOutcome, tracker: Tracker | None, key: StageKey, info: StepResult, on_stage: StageCallback | None) -> None:
-    if tracker is not None and outcome.run_id is not None:
-        tracker.log_stage(outcome.run_id, outcome.spec, outcome.run_dir, key, info, outcome.sessions)
-    if on_stage is not None:
-        on_stage(outcome.spec, key, info)

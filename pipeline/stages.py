@@ -171,7 +171,7 @@ class StageContext:
 
     @functools.cached_property
     def split(self) -> Split:
-        return Split.from_dict(self.run_dir.read_json("split.json"))
+        return Split.from_dict(self.run_dir.read_json(RunDir.SPLIT))
 
     def seen_tasks(self) -> list[int]:
         return [t for s in range(self.session + 1) for t in self.sessions[s]]
@@ -230,10 +230,6 @@ class StageContext:
         return len(getattr(self.split, part)[task])
 
     # ---------------------------------------------------------------- state
-    @staticmethod
-    def slot_file(slot: str, session: int) -> str:
-        return f"session_{session:03d}/{slot}.safetensors"
-
     def _writer(self, slot: str) -> str:
         if slot not in self._writers:
             raise RunStateError(f"method {self.method.name!r} declares no step that writes state slot {slot!r}")
@@ -241,7 +237,7 @@ class StageContext:
 
     def load(self, slot: str, session: int | None = None) -> dict[str, torch.Tensor]:
         session = self.session if session is None else session
-        relative = self.slot_file(slot, session)
+        relative = RunDir.slot_file(session, slot)
         writer = StageKey(session, self._writer(slot))
         if writer == self.key:
             return self.run_dir.load_tensors(relative)
@@ -253,12 +249,12 @@ class StageContext:
         return self.run_dir.is_done(StageKey(session, self._writer(slot)))
 
     def save(self, slot: str, tensors: dict[str, torch.Tensor]) -> None:
-        relative = self.slot_file(slot, self.session)
+        relative = RunDir.slot_file(self.session, slot)
         self.outputs[relative] = self.run_dir.save_tensors(relative, tensors)
 
     @property
     def _checkpoint(self) -> Path:
-        return self.run_dir.file(f"session_{self.session:03d}/{self.key.stage}_checkpoint.pt")
+        return self.run_dir.file(RunDir.checkpoint_file(self.key))
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         if not self._checkpoint.is_file():
@@ -294,7 +290,7 @@ def split_stage(spec: RunSpec) -> tuple[StepResult, dict[str, str]]:
         _load_source(cfg), data.num_tasks, spec.seed, data.class_order, data.val_fraction, data.max_train_per_class, data.test_fraction,
         split_seed=data.split_seed,
     )
-    run_dir.write_json("split.json", split.to_dict())
+    run_dir.write_json(RunDir.SPLIT, split.to_dict())
     info = {
         "class_order": split.class_order,
         "task_classes": split.task_classes,
@@ -303,7 +299,7 @@ def split_stage(spec: RunSpec) -> tuple[StepResult, dict[str, str]]:
         "test_sizes": [len(x) for x in split.test],
         "protocol": split.protocol,
     }
-    return StepResult(info=info), {"split.json": run_dir.file_sha256("split.json")}
+    return StepResult(info=info), {RunDir.SPLIT: run_dir.file_sha256(RunDir.SPLIT)}
 
 
 def run_stage(spec: RunSpec, key: StageKey, *_upstream: Any) -> dict[str, Any]:
@@ -340,9 +336,9 @@ def init_run_dir(spec: RunSpec, versions: dict[str, str]) -> RunDir:
     """Create the run directory, or check an existing one belongs to this config and seed."""
     run_dir = RunDir(spec.run_dir)
     record = {"config": config_to_dict(spec.config), "seed": spec.seed, "result_key": spec.config.result_key(), "versions": versions}
-    existing = run_dir.file("run.json")
+    existing = run_dir.file(RunDir.RUN)
     if existing.is_file():
-        old = run_dir.read_json("run.json")
+        old = run_dir.read_json(RunDir.RUN)
         if old.get("result_key") != record["result_key"] or old.get("seed") != spec.seed:
             raise RunStateError(
                 f"{run_dir.path} holds a run of another configuration or seed "
@@ -350,5 +346,5 @@ def init_run_dir(spec: RunSpec, versions: dict[str, str]) -> RunDir:
             )
         return run_dir
     Path(run_dir.path).mkdir(parents=True, exist_ok=True)
-    run_dir.write_json("run.json", record)
+    run_dir.write_json(RunDir.RUN, record)
     return run_dir

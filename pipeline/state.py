@@ -97,7 +97,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 class RunDir:
-    """Reads and writes one run's directory."""
+    """Reads and writes one run's directory; the only place that knows its file names."""
+
+    RUN = "run.json"
+    SPLIT = "split.json"
+    EVENTS = "events.jsonl"
+    TRACKING = "tracking.json"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).resolve()
@@ -111,6 +116,16 @@ class RunDir:
 
     def session_dir(self, session: int) -> Path:
         return self.path / f"session_{session:03d}"
+
+    @staticmethod
+    def slot_file(session: int, slot: str) -> str:
+        """Where a session's state slot is saved, relative to the run directory."""
+        return f"session_{session:03d}/{slot}.safetensors"
+
+    @staticmethod
+    def checkpoint_file(key: "StageKey") -> str:
+        """A stage's mid-stage checkpoint (a training step's epochs), relative to the run directory."""
+        return f"session_{key.session:03d}/{key.stage}_checkpoint.pt"
 
     def write_json(self, relative: str, obj: Any) -> None:
         atomic_write_bytes(self.file(relative), (json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n").encode())
@@ -186,6 +201,17 @@ class RunDir:
         """The checksum ``key``'s marker records for ``relative`` (``None`` if it records none)."""
         return self.read_done(key).get("outputs", {}).get(relative)
 
+    def read_tracking(self) -> dict[str, Any] | None:
+        """What the tracker recorded (MLflow run id, stages logged…); ``None`` before it opened the run."""
+        return self.read_json(self.TRACKING) if self.file(self.TRACKING).is_file() else None
+
+    def write_tracking(self, state: Mapping[str, Any]) -> None:
+        self.write_json(self.TRACKING, dict(state))
+
+    def finished_stages(self) -> list[str]:
+        """Every stage with a marker (``split``, ``session_000/design``…), sorted by name."""
+        return sorted(str(p.relative_to(self.path))[: -len(".done.json")] for p in self.path.rglob("*.done.json"))
+
     def unmark(self, key: StageKey) -> None:
         """Forget that ``key`` finished (its outputs are rewritten when it runs again)."""
         self.marker(key).unlink(missing_ok=True)
@@ -194,7 +220,7 @@ class RunDir:
         """Append one line to the stage timeline (best effort; never fails a stage)."""
         line = json.dumps({"time": time.time(), "stage": str(key), "event": event, "pid": os.getpid(), **fields})
         try:
-            with open(self.file("events.jsonl"), "a") as fh:
+            with open(self.file(self.EVENTS), "a") as fh:
                 fh.write(line + "\n")
         except OSError:
             pass

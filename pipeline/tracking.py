@@ -1,20 +1,13 @@
-"""MLflow tracking of runs: one MLflow run per task-sequence run.
+"""MLflow tracking of runs: one MLflow run per task-sequence run, kept in sync with its run directory.
 
-Only the driver talks to MLflow (workers write the run directory); it logs each
-stage's result as the stage finishes, with ``step`` = session index, and the
-artifacts at the end. What has been logged is recorded in the run directory
-(``tracking.json``), so a resumed run reopens the same MLflow run and logs each
-stage exactly once.
-
-Metric names (``/`` groups them in the MLflow UI):
-
-* ``acc/test/task_003``, ``acc/val/task_003`` — R[s, 3] at step s;
-* ``acc/test/task_mean``, ``acc/test/sample_weighted`` (and ``val``) — accuracy after session s;
-* ``forgetting/test``, ``bwt/test`` — over the sessions so far;
-* ``train/loss``, ``train/accuracy`` — per epoch (step = global epoch);
-* ``memory/rank/<layer>``, ``memory/rank_mean``, ``memory/threshold`` — after the update;
-* ``interference/ratio`` — new branch's output on old vs new tasks' inputs;
-* ``time/<stage>_s`` — stage wall time; ``final/*`` — the summary at the end.
+Only the driver talks to MLflow (workers write the run directory). Tracking is a
+*sync*: :meth:`Tracker.sync` logs every finished stage of a run directory that
+``tracking.json`` does not list as logged yet, in plan order, and records it
+there. The runner calls it on every stage event, the outage recovery
+(:mod:`pipeline.offline`) when the server answers again, the sweep driver when a
+trial reports; calling it twice logs nothing twice, so a resumed run reopens the
+same MLflow run and logs each stage exactly once. The metric names come from
+:mod:`pipeline.metric_keys`.
 """
 
 from __future__ import annotations
@@ -23,44 +16,46 @@ import collections
 import json
 import logging
 import math
-import os
 import subprocess
 import tempfile
-import time
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import yaml
 
-from .config import TrackingConfig, config_to_dict, flatten
-from .lock import store_lock
-from .plots import accuracy_heatmap, close, figure_pixels, metric_curves
-from .timestamps import stage_timestamp_ms
-from .results import collect_results
 from model.methods import StepResult
 
-from .stages import RunSpec
-from .state import IntegrityError, RunDir, StageKey
+from . import metric_keys as mk
+from .config import TrackingConfig, config_to_dict, flatten
+from .plots import accuracy_heatmap, close, figure_pixels, metric_curves
+from .report import comparison_figure
+from .results import collect_results
+from .stages import RunSpec, method_of, read_result, stage_plan
+from .state import RunDir, StageKey
+from .store import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND, open_experiment, resolve_tracking_uri
 from .system_metrics import SystemMetrics
+from .timestamps import stage_timestamp_ms
 
-__all__ = ["Tracker", "resolve_tracking_uri", "package_versions", "git_commit"]
+__all__ = [
+    "EXPERIMENT_KIND_TAG",
+    "MODEL_TRAINING_KIND",
+    "RunTracker",
+    "Tracker",
+    "git_commit",
+    "package_versions",
+    "resolve_tracking_uri",
+    "run_costs",
+]
 
 _logger = logging.getLogger(__name__)
 
 _PACKAGES = ("torch", "torchvision", "timm", "mlflow", "optuna", "ray", "pandas", "numpy", "inflora-pipeline")
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000
-
-
-def resolve_tracking_uri(cfg: TrackingConfig) -> str:
-    """``MLFLOW_TRACKING_URI`` wins, then ``tracking.uri``, then ``sqlite:///./mlflow.db``."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri
-    if uri:
-        return uri
-    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 def package_versions() -> dict[str, str]:
@@ -83,40 +78,10 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def _artifact_location(uri: str, experiment: str) -> str | None:
-    """Artifacts of a sqlite store go next to its database file (``mlartifacts/``),
-    not to ``./mlruns`` of whatever directory the command ran in; servers decide themselves."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    db = Path(uri[len("sqlite:///"):])
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment)
-    return (db.parent / "mlartifacts" / safe).resolve().as_uri()
-
-
-# MLflow 3 records an experiment's kind (GenAI or model training) in this tag. The
-# 3.17 UI also keeps a GenAI / Model training switch in the browser (GenAI at first),
-# which wins over the tag there: `inflora ui` prints links that set it (pipeline/cli.py).
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-MODEL_TRAINING_KIND = "custom_model_development"
-
-
-def mark_model_training(client, experiment_id: str) -> None:
-    """Tag an experiment as model training, unless someone chose its kind already."""
-    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
-        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
-
-
-HEATMAP_IMAGE_KEY = "acc/test/accuracy_matrix"
-# The finished run's matrix and curves, once, at the last step (no slider that opens on step 0).
-# The "Model metrics" tab sorts its sections by name (String.localeCompare: "_" before letters
-# and digits), so "_final" is its first section, above "acc_task_id/..." and "acc/...".
-FINAL_IMAGE_KEYS = {"matrix": "_final/accuracy_matrix", "curves": "_final/accuracy_curves"}
-
-
 def log_heatmap_image(client, run_id: str, fig, step: int) -> None:
     """The heat map as an MLflow image at ``step``: the run page's "Model metrics" tab shows it
     beside the ``acc/test`` charts (with a step slider), one click from the run."""
-    client.log_image(run_id, figure_pixels(fig), key=HEATMAP_IMAGE_KEY, step=step)
+    client.log_image(run_id, figure_pixels(fig), key=mk.HEATMAP_IMAGE, step=step)
 
 
 DESCRIPTION_TAG = "mlflow.note.content"
@@ -165,29 +130,72 @@ def _metric_batch(values: Mapping[str, float], step: int, timestamp: int) -> lis
     ]
 
 
-class Tracker:
+class RunTracker(ABC):
+    """What the runner, the outage recovery and the sweep driver ask of a tracker.
+
+    Every method but :meth:`open_run` names the run by its directory: the
+    directory is the truth, MLflow a copy that :meth:`sync` brings up to date.
+    """
+
+    uri: str
+
+    @abstractmethod
+    def open_run(self, spec: RunSpec, run_dir: RunDir, *, parent_run_id: str | None = None,
+                 tags: Mapping[str, str] | None = None) -> str:
+        """Create the MLflow run of ``spec`` (or reopen the one its directory records); its id."""
+
+    @abstractmethod
+    def sync(self, run_dir: RunDir) -> None:
+        """Log every finished stage of ``run_dir`` not logged yet (idempotent)."""
+
+    @abstractmethod
+    def finish(self, run_dir: RunDir) -> dict[str, float]:
+        """Sync, log the run's summary and files, end its MLflow run; the test summary."""
+
+    @abstractmethod
+    def fail(self, run_dir: RunDir, error: str, status: str = "FAILED") -> None:
+        """End the run's MLflow run as ``status`` (``FAILED``, ``KILLED``) with ``error``."""
+
+    @abstractmethod
+    def open_comparison(self, cfg, methods: list[str], seeds: list[int]) -> str | None:
+        """A parent run for ``inflora run --methods`` (``None`` when it cannot be created)."""
+
+    @abstractmethod
+    def finish_comparison(self, run_id: str, runs, summary) -> None:
+        """Log the comparison table and its figure to the parent run; end it."""
+
+    def on_stage(self, spec: RunSpec, key: StageKey, result: StepResult) -> None:
+        """Stage event (:func:`pipeline.runner.execute` subscribers): sync the stage's run."""
+        self.sync(RunDir(spec.run_dir))
+
+
+@dataclass
+class _OpenRun:
+    """A run this tracker opened: its MLflow run id and what its sync needs."""
+
+    run_id: str
+    spec: RunSpec
+    sessions: list[list[int]]
+    plan: list[StageKey]
+
+
+class Tracker(RunTracker):
     """Logs runs to one MLflow experiment through :class:`mlflow.MlflowClient`.
 
     Args:
         cfg: tracking settings (the experiment name, the URI fallback).
         experiment: overrides ``cfg.experiment``.
+        figures_every_stage: log the heat map and curves after every evaluation (else after the last).
     """
 
     def __init__(self, cfg: TrackingConfig, experiment: str | None = None, *, figures_every_stage: bool = True) -> None:
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        from mlflow import MlflowClient
-
         self.uri = resolve_tracking_uri(cfg)
         self.cfg = cfg
         self.figures_every_stage = figures_every_stage
-        name = experiment or cfg.experiment
-        with store_lock(self.uri):  # a fresh sqlite store is created (migrated) by one process at a time
-            self.client = MlflowClient(tracking_uri=self.uri)
-            found = self.client.get_experiment_by_name(name)
-            self.experiment_id = found.experiment_id if found else self.client.create_experiment(name, _artifact_location(self.uri, name))
-        self.experiment_name = name
-        mark_model_training(self.client, self.experiment_id)
+        self.experiment_name = experiment or cfg.experiment
+        self.client, self.experiment_id = open_experiment(self.uri, self.experiment_name)
         self.system_metrics = SystemMetrics(self.uri)
+        self._open: dict[Path, _OpenRun] = {}
 
     # ------------------------------------------------------------------ runs
     def open_run(
@@ -199,22 +207,33 @@ class Tracker:
         tags: Mapping[str, str] | None = None,
     ) -> str:
         """Create the MLflow run of ``spec``, or reopen the one recorded in its run directory."""
-        from mlflow.entities import Param, RunTag
+        method = method_of(spec.config)
+        run_id = self._reopen(run_dir) or self._create(spec, run_dir, parent_run_id, tags)
+        num_tasks = spec.config.data.num_tasks
+        self._open[run_dir.path] = _OpenRun(run_id, spec, method.sessions(num_tasks), stage_plan(method, num_tasks))
+        return run_id
+
+    def _reopen(self, run_dir: RunDir) -> str | None:
         from mlflow.exceptions import MlflowException
 
-        state_file = run_dir.file("tracking.json")
-        if state_file.is_file():
-            state = run_dir.read_json("tracking.json")
-            try:
-                run = self.client.get_run(state["run_id"])
-                if run.info.experiment_id == self.experiment_id and run.info.lifecycle_stage == "active":
-                    if not state.get("finished"):  # a finished run stays FINISHED when re-run
-                        self.client.update_run(state["run_id"], status="RUNNING")
-                        self.system_metrics.start(state["run_id"], resume=True)
-                    return state["run_id"]
-            except MlflowException:
-                pass
-            _logger.warning("MLflow run %s of %s is gone; logging to a new run", state.get("run_id"), run_dir.path)
+        state = run_dir.read_tracking()
+        if state is None:
+            return None
+        try:
+            run = self.client.get_run(state["run_id"])
+            if run.info.experiment_id == self.experiment_id and run.info.lifecycle_stage == "active":
+                if not state.get("finished"):  # a finished run stays FINISHED when re-run
+                    self.client.update_run(state["run_id"], status="RUNNING")
+                    self.system_metrics.start(state["run_id"], resume=True)
+                return state["run_id"]
+        except MlflowException:
+            pass
+        _logger.warning("MLflow run %s of %s is gone; logging to a new run", state.get("run_id"), run_dir.path)
+        return None
+
+    def _create(self, spec: RunSpec, run_dir: RunDir, parent_run_id: str | None, tags: Mapping[str, str] | None) -> str:
+        from mlflow.entities import Param, RunTag
+
         cfg = spec.config
         all_tags = {
             "seed": str(spec.seed),
@@ -239,51 +258,64 @@ class Tracker:
         for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
             self.client.log_batch(run_id, params=items[i : i + _MAX_PARAMS_PER_BATCH])
         self.client.log_text(run_id, yaml.safe_dump(config_to_dict(cfg), sort_keys=False), "config.yaml")
-        run_dir.write_json("tracking.json", {"run_id": run_id, "tracking_uri": self.uri, "logged": []})
+        run_dir.write_tracking({"run_id": run_id, "parent_run_id": parent_run_id, "tracking_uri": self.uri, "logged": []})
         self.client.log_batch(run_id, tags=[RunTag("run_dir", str(run_dir.path))])
         self.system_metrics.start(run_id, resume=False)
         return run_id
 
-    def logged(self, run_dir: RunDir) -> set[str]:
-        return set(run_dir.read_json("tracking.json")["logged"])
+    def run_id(self, run_dir: RunDir) -> str:
+        """The MLflow run of an open run directory."""
+        return self._open[run_dir.path].run_id
+
+    @staticmethod
+    def logged(run_dir: RunDir) -> set[str]:
+        """The stages ``tracking.json`` lists as logged."""
+        return set(run_dir.read_json(RunDir.TRACKING)["logged"])
 
     def _mark_logged(self, run_dir: RunDir, key: StageKey) -> None:
-        state = run_dir.read_json("tracking.json")
+        state = run_dir.read_json(RunDir.TRACKING)
         state["logged"] = sorted(set(state["logged"]) | {str(key)})
-        run_dir.write_json("tracking.json", state)
+        run_dir.write_tracking(state)
 
     # ---------------------------------------------------------------- stages
-    def log_stage(self, run_id: str, spec: RunSpec, run_dir: RunDir, key: StageKey, result: StepResult, sessions: list[list[int]]) -> None:
-        """Log one finished stage's result (once: repeated calls are ignored).
+    def sync(self, run_dir: RunDir) -> None:
+        """Log every finished stage of ``run_dir`` that is not logged yet, in plan order."""
+        run = self._open[run_dir.path]
+        logged = self.logged(run_dir)
+        for key in run.plan:
+            if str(key) not in logged and run_dir.is_done(key):
+                self._log_stage(run, run_dir, key, read_result(run_dir, key))
+
+    def _log_stage(self, run: _OpenRun, run_dir: RunDir, key: StageKey, result: StepResult) -> None:
+        """Log one finished stage's result and record it in ``tracking.json``.
 
         Every step's ``metrics`` are logged at step = session, a training step's
         epochs at step = global epoch, an evaluation's rows as ``acc/<part>/task_XXX``
         with the running summaries.
         """
-        if str(key) in self.logged(run_dir):
-            return
+        run_id, spec, sessions = run.run_id, run.spec, run.sessions
         now = stage_timestamp_ms(run_dir, key)  # a re-sent batch is not logged twice
         s = key.session
         step = max(s, 0)
-        metrics: list = _metric_batch({f"time/{key.stage}_s": result.wall_time_s}, step, now)
+        metrics: list = _metric_batch({mk.stage_time(key.stage): result.wall_time_s}, step, now)
         if key.stage == "split":
             info = result.info
             self.client.set_tag(run_id, "class_order", " ".join(map(str, info["class_order"])))
             self.client.set_tag(run_id, "task_classes", "; ".join(" ".join(map(str, c)) for c in info["task_classes"]))
             for name, value in (info.get("protocol") or {}).items():  # split seed, split files and their SHA-256
                 self.client.set_tag(run_id, f"protocol.{name}", str(value))
-            sizes = {f"data/train_size/task_{t:03d}": n for t, n in enumerate(info["train_sizes"])}
+            sizes = {mk.train_size(t): n for t, n in enumerate(info["train_sizes"])}
             metrics += _metric_batch(sizes, 0, now)
         epochs = spec.config.train.epochs
         for record in result.epochs:
             global_epoch = s * epochs + int(record["epoch"])
-            metrics += _metric_batch({"train/loss": record["loss"], "train/accuracy": record["train_accuracy"]}, global_epoch, now)
+            metrics += _metric_batch({mk.TRAIN_LOSS: record["loss"], mk.TRAIN_ACCURACY: record["train_accuracy"]}, global_epoch, now)
         if result.epochs:
-            metrics += _metric_batch({"train/final_loss": result.epochs[-1]["loss"]}, s, now)
+            metrics += _metric_batch({mk.TRAIN_FINAL_LOSS: result.epochs[-1]["loss"]}, s, now)
         if result.trainable_parameters is not None:
-            metrics += _metric_batch({"params/trainable": float(result.trainable_parameters)}, step, now)
+            metrics += _metric_batch({mk.PARAMS_TRAINABLE: float(result.trainable_parameters)}, step, now)
         peak = result.info.get("peak_memory_mb") or {}
-        metrics += _metric_batch({f"memory/peak_{kind}_mb/{key.stage}": value for kind, value in peak.items()}, step, now)
+        metrics += _metric_batch({mk.peak_memory(kind, key.stage): value for kind, value in peak.items()}, step, now)
         if result.eval is not None:
             metrics += self._eval_metrics(run_dir, result, s, sessions, now)
             if self.figures_every_stage or s == len(sessions) - 1:
@@ -299,25 +331,25 @@ class Tracker:
         values: dict[str, float] = {}
         extras: dict[str, list[float]] = {}
         for row in result.eval or []:
-            values[f"acc/test/task_{row.task:03d}"] = row.test
+            values[mk.acc("test", row.task)] = row.test
             if row.val is not None:
-                values[f"acc/val/task_{row.task:03d}"] = row.val
+                values[mk.acc("val", row.task)] = row.val
             for name, value in row.extra.items():
-                values[f"{name}/task_{row.task:03d}"] = value
+                values[mk.per_task(name, row.task)] = value
                 extras.setdefault(name, []).append(value)
-        values.update({f"{name}/task_mean": sum(v) / len(v) for name, v in extras.items()})
+        values.update({mk.task_mean(name): sum(v) / len(v) for name, v in extras.items()})
         results = collect_results(run_dir, sessions, upto=s)
         if results.sessions_done == s + 1:
             for name, series in results.old_new().items():
-                values[f"acc/test/{name}_tasks"] = series[-1]
+                values[mk.after_session("test", f"{name}_tasks")] = series[-1]
             for part in ("test", "val"):
                 curves = results.curves(part) if not (results.val.empty and part == "val") else {}
                 for name, series in curves.items():
-                    values[f"acc/{part}/{name}"] = series[-1]
+                    values[mk.after_session(part, name)] = series[-1]
                 summary = results.summary(part)
                 if summary:
-                    values[f"forgetting/{part}"] = summary["forgetting"]
-                    values[f"bwt/{part}"] = summary["bwt"]
+                    values[mk.over_sessions("forgetting", part)] = summary["forgetting"]
+                    values[mk.over_sessions("bwt", part)] = summary["bwt"]
         values.update(result.metrics)
         return _metric_batch(values, s, now)
 
@@ -335,7 +367,7 @@ class Tracker:
         log_heatmap_image(self.client, run_id, fig, step=upto)
         final = upto == len(sessions) - 1
         if final:
-            self.client.log_image(run_id, figure_pixels(fig), key=FINAL_IMAGE_KEYS["matrix"], step=upto)
+            self.client.log_image(run_id, figure_pixels(fig), key=mk.FINAL_IMAGES["matrix"], step=upto)
         close(fig)
         curves = {f"test/{k}": v for k, v in results.curves("test").items()}
         if not results.val.empty and not results.val.isna().all().all():
@@ -343,35 +375,47 @@ class Tracker:
         fig = metric_curves(curves, f"{spec.label}: accuracy after each session")
         self.client.log_figure(run_id, fig, RESULT_PLOTS[1])
         if final:
-            self.client.log_image(run_id, figure_pixels(fig), key=FINAL_IMAGE_KEYS["curves"], step=upto)
+            self.client.log_image(run_id, figure_pixels(fig), key=mk.FINAL_IMAGES["curves"], step=upto)
         close(fig)
 
     # ------------------------------------------------------------------- end
-    def finish(self, run_id: str, spec: RunSpec, run_dir: RunDir, sessions: list[list[int]]) -> dict[str, float]:
-        """Log the summary metrics and the run's files; mark the MLflow run finished."""
+    def finish(self, run_dir: RunDir) -> dict[str, float]:
+        """Sync, log the summary metrics and the run's files; mark the MLflow run finished."""
+        self.sync(run_dir)
+        run = self._open[run_dir.path]
+        run_id, spec, sessions = run.run_id, run.spec, run.sessions
         results = collect_results(run_dir, sessions)
         summary = results.summary("test")
-        state = run_dir.read_json("tracking.json")
+        state = run_dir.read_json(RunDir.TRACKING)
         if state.get("finished"):  # a re-run of a finished run logs nothing again
             return summary
-        values = {f"final/{k}": v for k, v in summary.items()}
-        values.update({f"final/val_{k}": v for k, v in results.summary("val").items()})
-        values.update({f"final/{k}": v for k, v in run_costs(run_dir, spec, sessions).items()})
+        values = {mk.final(k): v for k, v in summary.items()}
+        values.update({mk.final(k, "val"): v for k, v in results.summary("val").items()})
+        values.update({mk.final(k): v for k, v in run_costs(run_dir, spec, sessions).items()})
         now = stage_timestamp_ms(run_dir, StageKey(len(sessions) - 1, "eval"))
         self.client.log_batch(run_id, metrics=_metric_batch(values, len(sessions) - 1, now))
-        for name in ("split.json", "events.jsonl", "run.json"):
+        for name in (RunDir.SPLIT, RunDir.EVENTS, RunDir.RUN):
             if run_dir.file(name).is_file():
                 self.client.log_artifact(run_id, str(run_dir.file(name)), "run_dir")
         if self.cfg.log_adapters:
-            for relative in _verified_state_files(run_dir, len(sessions)):
+            for relative in _verified_uploads(run_dir, spec):
                 self.client.log_artifact(run_id, str(run_dir.file(relative)), f"adapters/{Path(relative).parent}")
         describe_run(self.client, run_id)
         self.system_metrics.stop(run_id)
         if "error" in self.client.get_run(run_id).data.tags:  # a killed run resumed to the end
             self.client.delete_tag(run_id, "error")
         self.client.set_terminated(run_id, "FINISHED")
-        run_dir.write_json("tracking.json", {**run_dir.read_json("tracking.json"), "finished": True})
+        run_dir.write_tracking({**state, "finished": True})
         return summary
+
+    def fail(self, run_dir: RunDir, error: str, status: str = "FAILED") -> None:
+        self.fail_run(self._open[run_dir.path].run_id, error, status)
+
+    def fail_run(self, run_id: str, error: str, status: str = "FAILED") -> None:
+        """End any MLflow run (a sweep's trial run too) as ``status``, with ``error`` as its tag."""
+        self.client.set_tag(run_id, "error", error[:5000])
+        self.system_metrics.stop(run_id)
+        self.client.set_terminated(run_id, status)
 
     # ------------------------------------------------------------ comparisons
     def open_comparison(self, cfg, methods: list[str], seeds: list[int]) -> str:
@@ -387,8 +431,6 @@ class Tracker:
 
     def finish_comparison(self, run_id: str, runs, summary) -> None:
         """Log the comparison table (CSV) and its bar chart (PNG) to the parent run."""
-        from .report import comparison_figure
-
         with tempfile.TemporaryDirectory() as tmp:
             runs.drop(columns="params", errors="ignore").to_csv(Path(tmp) / "runs.csv", index=False)
             summary.to_csv(Path(tmp) / "comparison.csv", index=False)
@@ -400,27 +442,19 @@ class Tracker:
             close(fig)
         self.client.set_terminated(run_id, "FINISHED")
 
-    def fail(self, run_id: str, error: str, status: str = "FAILED") -> None:
-        self.client.set_tag(run_id, "error", error[:5000])
-        self.system_metrics.stop(run_id)
-        self.client.set_terminated(run_id, status)
 
-
-
-_UPLOADED_STATE = ("adapter.safetensors", "memory.safetensors", "aligned_heads.safetensors")
-
-
-def _verified_state_files(run_dir: RunDir, num_sessions: int) -> list[str]:
-    """Every state slot the run's stages recorded, each checked against its checksum.
-
-    A file that does not match is never uploaded: :class:`IntegrityError` names it.
-    """
+def _verified_uploads(run_dir: RunDir, spec: RunSpec) -> list[str]:
+    """The state slots the run's steps declare uploaded (:attr:`Step.uploads`), each checked
+    against its checksum: a file that does not match is never uploaded
+    (:class:`~pipeline.state.IntegrityError` names it)."""
+    method = method_of(spec.config)
+    uploads = {step.name: step.uploads for step in method.steps()}
     files: list[str] = []
-    for s in range(num_sessions):
-        for marker in sorted(run_dir.session_dir(s).glob("*.done.json")):
-            key = StageKey(s, marker.name[: -len(".done.json")])
+    for key in stage_plan(method, spec.config.data.num_tasks):
+        if key.stage in uploads and uploads[key.stage] and run_dir.is_done(key):
             run_dir.verify(key)
-            files.extend(r for r in run_dir.read_done(key).get("outputs", {}) if Path(r).name in _UPLOADED_STATE)
+            recorded = run_dir.read_done(key).get("outputs", {})
+            files.extend(r for r in (run_dir.slot_file(key.session, slot) for slot in uploads[key.stage]) if r in recorded)
     return files
 
 
@@ -431,8 +465,6 @@ def run_costs(run_dir: RunDir, spec: RunSpec, sessions: list[list[int]]) -> dict
     (every stage's wall time, split and all, over the number of tasks) and the
     largest ``peak_rss_mb`` (``peak_cuda_allocated_mb`` on a GPU) of any stage.
     """
-    from .stages import method_of, read_result, stage_plan
-
     method = method_of(spec.config)
     params, wall, peaks = [], 0.0, {}
     for key in stage_plan(method, spec.config.data.num_tasks):

@@ -16,6 +16,8 @@ import math
 import shlex
 import sys
 
+from pipeline import metric_keys as mk
+
 from .dashboard import DEFAULT_PORT
 
 __all__ = ["add_sweep_parser", "cmd_sweep", "print_mlflow_sweep", "print_summary"]
@@ -88,8 +90,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     outcome = run_sweep(sweep, resume=args.resume, verbose=0 if args.quiet else 1)
     print_summary(outcome.summary)
     if outcome.parent_run_id:
-        from pipeline.cli import browse_hint
-        from pipeline.tracking import resolve_tracking_uri
+        from pipeline.store import browse_hint, resolve_tracking_uri
 
         uri = resolve_tracking_uri(sweep.base.tracking)
         print(f"\nMLflow: parent run {outcome.parent_run_id} ({sweep.name}) in experiment {sweep.base.tracking.experiment!r}"
@@ -179,8 +180,8 @@ def print_mlflow_sweep(sweep: str, tracking_uri: str | None = None, experiment: 
         print(found.trials.to_string(index=False))
     if "best.params" in found.tags:
         print(f"\nbest configuration: {found.tags['best.params']} (trial {found.tags.get('best.trial_id')})")
-        for key in ("val_avg_acc", "val_final_acc", "test_avg_acc", "test_final_acc"):
-            print(f"  {key:15s} {_pct(found.metrics.get(f'best/{key}'))} %")
+        for key in mk.TRIAL_METRICS:
+            print(f"  {key:15s} {_pct(found.metrics.get(mk.best(key)))} %")
         print(f"\nre-run it on new seeds:\n  {found.tags.get('best.rerun_command')}")
     else:
         print("\nno best configuration logged yet")

@@ -219,7 +219,7 @@ class Sweep:
         return self.config.name
 
     def trial_dir(self, trial_id: str) -> Path:
-        """Where a trial's runs and ``trial.json`` live."""
+        """Where a trial's run directories live."""
         return self.dir / "trials" / trial_id
 
     @property

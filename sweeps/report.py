@@ -15,6 +15,8 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline import metric_keys as mk
+
 from .config import SWEEP_FILE, load_sweep
 from .results import SweepSummary, summarize_sweep
 
@@ -50,7 +52,7 @@ def find_sweep(sweep: str, tracking_uri: str | None = None, experiment: str | No
     """
     from mlflow.exceptions import MlflowException
 
-    from pipeline.report import open_store
+    from pipeline.store import open_store
 
     client, experiment_ids = open_store(tracking_uri, experiment)
     uri = client.tracking_uri
@@ -75,7 +77,7 @@ def find_sweep(sweep: str, tracking_uri: str | None = None, experiment: str | No
             "mlflow_status": run.info.status,
             "status": run.data.tags.get("sweep.status", "running"),
         }
-        for key in ("objective", "trial/val_avg_acc", "trial/val_final_acc", "trial/test_avg_acc", "trial/test_final_acc"):
+        for key in (mk.OBJECTIVE, *map(mk.trial, mk.TRIAL_METRICS)):
             row[key] = run.data.metrics.get(key)
         rows.append(row)
     trials = pd.DataFrame(rows)

@@ -1,15 +1,16 @@
-"""A sweep's results, read back from its directory: the trials table and the best configuration.
+"""A sweep's results: the trials table and the best configuration.
 
-Everything comes from files the sweep wrote (``trials/<id>/trial.json`` and the
-runs' eval markers), so it works during a sweep, after a killed one, and
-without Ray or MLflow. Validation numbers are recomputed with the trials'
-own :func:`sweeps.trial.validation_objective`; the test numbers are read here,
-after the search, and only reported.
+Ray Tune keeps the trials' books (its experiment state in the sweep directory:
+which trials exist, their parameters, whether they ended or failed); the run
+directories hold what each trial computed (stage markers). Nothing else records
+a trial's status, so the table works during a sweep, after a killed one, and
+without a Ray cluster or MLflow. Validation numbers are recomputed with the
+trials' own :func:`sweeps.trial.validation_objective`; the test numbers are read
+here, after the search, and only reported.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import shlex
 from dataclasses import dataclass, field
@@ -26,75 +27,70 @@ from pipeline.stages import method_of, read_result
 from pipeline.state import RunDir, StageKey
 
 from .config import Sweep
-from .trial import validation_objective
+from .trial import TIME_ATTR, validation_objective
 
 __all__ = [
-    "TRIAL_FILE",
     "SweepSummary",
-    "read_trial",
+    "TuneTrial",
     "summarize_sweep",
-    "trial_ended",
-    "trial_started",
-    "trials_lost",
+    "trial_mlflow_run_id",
+    "trial_status",
+    "tasks_done",
+    "tune_trials",
     "validation_rows",
     "write_summary",
-    "write_trial",
 ]
 
-TRIAL_FILE = "trial.json"
 _RERUN_SEEDS = 5
 
 
-def read_trial(sweep: Sweep, trial_id: str) -> dict[str, Any] | None:
-    path = sweep.trial_dir(trial_id) / TRIAL_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+@dataclass(frozen=True)
+class TuneTrial:
+    """A trial as Ray Tune's experiment state records it (``status``: Tune's ``TERMINATED``, ``ERROR``…)."""
+
+    trial_id: str
+    params: dict[str, Any]
+    status: str
+    reported: int = 0  # tasks the trial reported to Tune
 
 
-def write_trial(sweep: Sweep, trial_id: str, **fields: Any) -> dict[str, Any]:
-    """Create or update ``trials/<id>/trial.json`` (params, status, MLflow run id…).
+def tune_trials(sweep: Sweep) -> list[TuneTrial]:
+    """Every trial of the sweep's Ray Tune experiment, in the order Tune created them (none before it starts)."""
+    if not any(sweep.dir.glob("experiment_state-*.json")):
+        return []
+    from ray.tune import ExperimentAnalysis
 
-    A new trial gets the next ``number`` (0, 1, …: the order trials started in).
-    """
-    record = read_trial(sweep, trial_id)
-    if record is None:
-        record = {"trial_id": trial_id, "number": len(list((sweep.dir / "trials").glob(f"*/{TRIAL_FILE}")))}
-    record.update(fields)
-    RunDir(sweep.trial_dir(trial_id)).write_json(TRIAL_FILE, record)
-    return record
+    analysis = ExperimentAnalysis(str(sweep.dir))
+    return [TuneTrial(t.trial_id, dict(t.config), str(t.status), int((t.last_result or {}).get(TIME_ATTR, 0)))
+            for t in analysis.trials]
 
 
-def _tasks_done(sweep: Sweep, trial_id: str, params: dict[str, Any]) -> int:
+def trial_status(tune_status: str, done: int, num_sessions: int, reported: int = 0) -> str:
+    """``complete`` (every task of every seed), ``stopped`` (ended early: the scheduler), ``error``,
+    ``running``, or ``runs missing`` (Tune saw every task, the run directories no longer hold them)."""
+    if tune_status == "ERROR":
+        return "error"
+    if done == num_sessions:
+        return "complete"
+    if tune_status == "TERMINATED":
+        return "runs missing" if reported == num_sessions else "stopped"
+    return "running"
+
+
+def tasks_done(sweep: Sweep, trial_id: str, params: dict[str, Any]) -> int:
+    """Tasks every seed of the trial has evaluated."""
     cfg = sweep.trial_config(params, trial_id)
-    num_sessions = sweep.num_sessions
-    return min(len(validation_rows(RunDir(spec.run_dir), num_sessions)) for spec in make_specs(cfg))
+    return min(len(validation_rows(RunDir(spec.run_dir), sweep.num_sessions)) for spec in make_specs(cfg))
 
 
-def trial_started(sweep: Sweep, trial_id: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Record a starting (or restarting) trial; returns its record."""
-    record = read_trial(sweep, trial_id)
-    if record is None:
-        record = write_trial(sweep, trial_id, params=dict(params), seeds=sweep.seeds, status="running")
-    elif record.get("status") != "running":
-        record = write_trial(sweep, trial_id, status="running")
-    return record
-
-
-def trial_ended(sweep: Sweep, trial_id: str, params: dict[str, Any], error: bool = False) -> dict[str, Any]:
-    """Record how a trial ended: ``complete`` (every task of every seed), ``stopped`` (by the scheduler) or ``error``."""
-    trial_started(sweep, trial_id, params)
-    done = _tasks_done(sweep, trial_id, params)
-    status = "error" if error else "complete" if done == sweep.num_sessions else "stopped"
-    return write_trial(sweep, trial_id, status=status, tasks_done=done)
-
-
-def trials_lost(sweep: Sweep, known: set[str]) -> list[dict[str, Any]]:
-    """Mark ``running`` trials Ray Tune does not know as ``lost`` (started just before the driver was killed)."""
-    lost = []
-    for path in sorted((sweep.dir / "trials").glob(f"*/{TRIAL_FILE}")):
-        record = json.loads(path.read_text())
-        if record.get("status") == "running" and record["trial_id"] not in known:
-            lost.append(write_trial(sweep, record["trial_id"], status="lost"))
-    return lost
+def trial_mlflow_run_id(sweep: Sweep, trial_id: str, params: dict[str, Any]) -> str | None:
+    """The trial's MLflow run, as its first seed's ``tracking.json`` records it (the run itself
+    with one seed, its parent with several); ``None`` when it was never tracked."""
+    specs = make_specs(sweep.trial_config(params, trial_id))
+    state = RunDir(specs[0].run_dir).read_tracking()
+    if state is None:
+        return None
+    return state["run_id"] if len(specs) == 1 else state.get("parent_run_id")
 
 
 @dataclass
@@ -153,33 +149,25 @@ def validation_rows(run_dir: RunDir, num_sessions: int) -> list[dict[int, float]
     return rows
 
 
-def _status(recorded: str, done: int, num_sessions: int) -> str:
-    """A trial is complete when every seed's run evaluated every session: a record that says
-    "complete" without those runs (another config asked for) is not."""
-    if done == num_sessions:
-        return "complete"
-    return "runs missing" if recorded == "complete" else recorded
-
-
-def _trial_row(sweep: Sweep, record: dict[str, Any], num_sessions: int) -> dict[str, Any]:
-    trial_id = record["trial_id"]
-    params = record["params"]
-    cfg = sweep.trial_config(params, trial_id)
+def _trial_row(sweep: Sweep, number: int, trial: TuneTrial) -> dict[str, Any]:
+    params = trial.params
+    cfg = sweep.trial_config(params, trial.trial_id)
+    num_sessions = sweep.num_sessions
     sessions = method_of(cfg).sessions(cfg.data.num_tasks)
     specs = make_specs(cfg)
     rows = {spec.seed: validation_rows(RunDir(spec.run_dir), num_sessions) for spec in specs}
     done = min(len(r) for r in rows.values())
     row: dict[str, Any] = {
-        "trial_id": trial_id,
-        "number": record["number"],
-        "status": _status(record.get("status", "running"), done, num_sessions),
+        "trial_id": trial.trial_id,
+        "number": number,
+        "status": trial_status(trial.status, done, num_sessions, trial.reported),
         "tasks_done": done,
         **{name: params[name] for name in sweep.space.names},
         "objective": math.nan,
         "val_acc": math.nan,
         "test_avg_acc": math.nan,
         "test_final_acc": math.nan,
-        "mlflow_run_id": record.get("mlflow_run_id"),
+        "mlflow_run_id": trial_mlflow_run_id(sweep, trial.trial_id, params),
     }
     if done:
         val = [validation_objective(r[:done]) for r in rows.values()]
@@ -192,21 +180,14 @@ def _trial_row(sweep: Sweep, record: dict[str, Any], num_sessions: int) -> dict[
 
 
 def summarize_sweep(sweep: Sweep) -> SweepSummary:
-    """Read every trial of ``sweep`` from its directory and pick the best complete one.
+    """Every trial Ray Tune knows, read from its run directories, and the best complete one.
 
     The best trial is the complete trial (every task, every seed) with the highest
     objective (mean validation average accuracy); ties go to the earlier trial.
     """
-    num_sessions = sweep.num_sessions
-    trials_dir = sweep.dir / "trials"
-    records = []
-    if trials_dir.is_dir():
-        for path in sorted(trials_dir.glob(f"*/{TRIAL_FILE}")):
-            records.append(json.loads(path.read_text()))
     columns = ["trial_id", "number", "status", "tasks_done", *sweep.space.names, "objective", "val_acc",
                "test_avg_acc", "test_final_acc", "mlflow_run_id"]
-    table = pd.DataFrame([_trial_row(sweep, r, num_sessions) for r in records], columns=columns)
-    table = table.sort_values("number", kind="stable").reset_index(drop=True)
+    table = pd.DataFrame([_trial_row(sweep, n, t) for n, t in enumerate(tune_trials(sweep))], columns=columns)
     complete = table[(table["status"] == "complete") & table["objective"].notna()]
     best = None
     if len(complete):

@@ -1,4 +1,4 @@
-"""MLflow logging of a sweep, from the driver only (and the trial records it keeps).
+"""MLflow logging of a sweep, from the driver only.
 
 * one **parent run** per sweep (run name = sweep name): the search space and
   sweep settings as params, ``sweep.yaml``; at the end the best parameters and
@@ -10,23 +10,22 @@
   runs nest under it.
 
 Trials never talk to MLflow: they write their run directories, and
-:class:`SweepCallback`, a Ray Tune callback in the driver, logs each stage
-from there as the trial reports. A single writer cannot hit sqlite's "database
-is locked" nor race MLflow's schema creation on a fresh database (several
-processes opening a new ``mlflow.db`` at once crash in the migration), and the
-trials' workers need no network route to the tracking server. Logging is
+:class:`SweepCallback`, a Ray Tune callback in the driver, brings MLflow up to
+date from there with :meth:`pipeline.tracking.Tracker.sync` as the trial reports
+(the same sync the runner uses). A single writer cannot hit sqlite's "database
+is locked" nor race MLflow's schema creation on a fresh database, and the
+trials' workers need no network route to the tracking server. The sync is
 idempotent (the run directory's ``tracking.json`` records what was logged), so a
-resumed sweep reopens the same runs and logs each stage once.
+resumed sweep reopens the same runs and logs each stage once; at the end,
+:meth:`SweepTracker.close_trials` ends the trial runs a killed driver left open,
+as Ray Tune's experiment state says they ended.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import queue
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,20 +34,14 @@ from typing import Any
 import yaml
 from ray.tune import Callback
 
+from pipeline import metric_keys as mk
 from pipeline.runner import make_specs
-from pipeline.stages import RunSpec, init_run_dir, method_of, read_result, stage_plan
+from pipeline.stages import RunSpec, init_run_dir, method_of
 from pipeline.state import RunDir
 from pipeline.tracking import Tracker, package_versions
 
 from .config import Sweep
-from .results import (
-    SweepSummary,
-    trial_ended,
-    trial_started,
-    trials_lost,
-    validation_rows,
-    write_trial,
-)
+from .results import SweepSummary, tasks_done, trial_status, validation_rows
 from .trial import METRIC, TIME_ATTR, validation_objective
 
 __all__ = ["SweepCallback", "SweepTracker", "masked_url"]
@@ -82,7 +75,6 @@ class _TrialRuns:
     params: dict[str, Any]
     specs: list[RunSpec]
     run_id: str
-    seed_runs: dict[int, str]
 
 
 class SweepTracker:
@@ -189,16 +181,12 @@ class SweepTracker:
             self.client.log_figure(run_id, fig, "plots/search_history.png")
             close(fig)
         counts = summary.table["status"].value_counts().to_dict() if len(summary.table) else {}
-        values = {f"trials/{status}": n for status, n in counts.items()}
+        values = {mk.trials_with_status(status): n for status, n in counts.items()}
         best = summary.best
         if best is not None:
-            values.update({f"best/{name}": best[name] for name in self.sweep.space.names})
-            values.update({
-                "best/val_avg_acc": best["objective"],
-                "best/val_final_acc": best["val_acc"],
-                "best/test_avg_acc": best["test_avg_acc"],
-                "best/test_final_acc": best["test_final_acc"],
-            })
+            values.update({mk.best(name): best[name] for name in self.sweep.space.names})
+            columns = ("objective", "val_acc", "test_avg_acc", "test_final_acc")  # the summary's, in TRIAL_METRICS order
+            values.update({mk.best(name): best[column] for name, column in zip(mk.TRIAL_METRICS, columns)})
             from mlflow.entities import RunTag
 
             tags = {
@@ -213,35 +201,38 @@ class SweepTracker:
         self.client.log_batch(run_id, metrics=_metrics(values, 0))
 
     # ---------------------------------------------------------------- trials
-    def open_trial(self, record: dict[str, Any]) -> _TrialRuns:
-        """Create (or reopen) the MLflow runs of the trial ``record`` (from ``trial.json``)."""
-        trial_id, params = record["trial_id"], record["params"]
+    def open_trial(self, trial_id: str, params: dict[str, Any], number: int | None = None) -> _TrialRuns:
+        """Create (or reopen) the MLflow runs of a trial; ``number`` (Tune's order) names a new one."""
         if trial_id in self._trials:
             return self._trials[trial_id]
         cfg = self.sweep.trial_config(params, trial_id)
         specs = make_specs(cfg)
         versions = package_versions()
-        name = f"trial {record['number']:03d}: " + " ".join(f"{k}={_short(v)}" for k, v in params.items())
+        label = f"trial {number:03d}" if number is not None else f"trial {trial_id}"
+        name = f"{label}: " + " ".join(f"{k}={_short(v)}" for k, v in params.items())
         tags = {"sweep.name": self.sweep.name, "sweep.trial_id": trial_id, "sweep.role": "trial"}
         if len(specs) == 1:
             run_dir = init_run_dir(specs[0], versions)
-            fresh = not run_dir.file("tracking.json").is_file()
+            fresh = run_dir.read_tracking() is None
             run_id = self.tracker.open_run(specs[0], run_dir, parent_run_id=self.parent_run_id, tags=tags)
             if fresh:
                 self.client.update_run(run_id, name=name)
-            seed_runs = {specs[0].seed: run_id}
         else:
-            run_id = record.get("mlflow_run_id") or self._create_trial_run(name, tags, cfg, params)
-            seed_runs = {}
+            run_id = self._find_trial_run(trial_id) or self._create_trial_run(name, tags, cfg, params)
             for spec in specs:
-                run_dir = init_run_dir(spec, versions)
-                seed_runs[spec.seed] = self.tracker.open_run(spec, run_dir, parent_run_id=run_id, tags={**tags, "sweep.role": "seed"})
-        if record.get("mlflow_run_id") != run_id:
-            write_trial(self.sweep, trial_id, mlflow_run_id=run_id)
+                self.tracker.open_run(spec, init_run_dir(spec, versions), parent_run_id=run_id, tags={**tags, "sweep.role": "seed"})
         self.client.update_run(run_id, status="RUNNING")
-        runs = _TrialRuns(trial_id, params, specs, run_id, seed_runs)
+        runs = _TrialRuns(trial_id, params, specs, run_id)
         self._trials[trial_id] = runs
         return runs
+
+    def _find_trial_run(self, trial_id: str) -> str | None:
+        """The trial run of a multi-seed trial, created before a restart."""
+        found = self.client.search_runs(
+            [self.tracker.experiment_id],
+            f"tags.mlflow.parentRunId = '{self.parent_run_id}' and tags.`sweep.trial_id` = '{trial_id}' and tags.`sweep.role` = 'trial'",
+        )
+        return found[0].info.run_id if found else None
 
     def _create_trial_run(self, name: str, tags: dict[str, str], cfg, params: dict[str, Any]) -> str:
         from mlflow.entities import Param
@@ -253,71 +244,72 @@ class SweepTracker:
         self.client.log_text(run.info.run_id, yaml.safe_dump({"params": params, "seeds": cfg.seeds}), "trial.yaml")
         return run.info.run_id
 
-    def sync_trial(self, record: dict[str, Any], result: dict[str, Any] | None) -> None:
-        """Log every newly finished stage of the trial's runs, and the reported metrics."""
-        runs = self.open_trial(record)
+    def sync_trial(self, trial_id: str, params: dict[str, Any], result: dict[str, Any] | None = None) -> _TrialRuns:
+        """Sync the trial's run directories to MLflow, and log the reported metrics."""
+        runs = self.open_trial(trial_id, params)
         for spec in runs.specs:
-            run_dir = RunDir(spec.run_dir)
-            logged = self.tracker.logged(run_dir)
-            method = method_of(spec.config)
-            for key in stage_plan(method, spec.config.data.num_tasks):
-                if not run_dir.is_done(key):
-                    break
-                if str(key) not in logged:
-                    self.tracker.log_stage(runs.seed_runs[spec.seed], spec, run_dir, key, read_result(run_dir, key), self.sessions)
+            self.tracker.sync(RunDir(spec.run_dir))
         if result and METRIC in result:
             step = int(result[TIME_ATTR]) - 1
-            self.client.log_batch(runs.run_id, metrics=_metrics({METRIC: result[METRIC], "val_acc": result["val_acc"]}, step))
+            self.client.log_batch(runs.run_id, metrics=_metrics({mk.OBJECTIVE: result[METRIC], mk.VAL_ACC: result[mk.VAL_ACC]}, step))
+        return runs
 
-    def end_trial(self, record: dict[str, Any], error: str | None = None) -> None:
-        """Close the trial's runs as its record says: complete (FINISHED), stopped (KILLED), error (FAILED)."""
-        self.sync_trial(record, None)
-        runs = self._trials.pop(record["trial_id"])
-        status = record["status"]
+    def end_trial(self, trial_id: str, params: dict[str, Any], status: str, error: str | None = None) -> None:
+        """Close the trial's runs as it ended: complete (FINISHED), stopped (KILLED), error (FAILED)."""
+        runs = self.sync_trial(trial_id, params)
+        del self._trials[trial_id]
         if status == "error":
-            for run_id in {runs.run_id, *runs.seed_runs.values()}:
-                self.tracker.fail(run_id, error or "failed")
+            self.tracker.fail_run(runs.run_id, error or "failed")
+            for spec in runs.specs:
+                if self.tracker.run_id(RunDir(spec.run_dir)) != runs.run_id:
+                    self.tracker.fail(RunDir(spec.run_dir), error or "failed")
         elif status == "complete":
-            finals = [self.tracker.finish(runs.seed_runs[s.seed], s, RunDir(s.run_dir), self.sessions) for s in runs.specs]
-            if runs.run_id not in runs.seed_runs.values():
+            finals = [self.tracker.finish(RunDir(s.run_dir)) for s in runs.specs]
+            if len(runs.specs) > 1:
                 self.client.set_terminated(runs.run_id, "FINISHED")
             self._log_trial_finals(runs, finals)
         else:
-            for run_id in {runs.run_id, *runs.seed_runs.values()}:
-                self.client.set_tag(run_id, "sweep.stopped_after_task", str(record["tasks_done"]))
+            done = tasks_done(self.sweep, trial_id, params)
+            for run_id in {runs.run_id, *(self.tracker.run_id(RunDir(s.run_dir)) for s in runs.specs)}:
+                self.client.set_tag(run_id, "sweep.stopped_after_task", str(done))
                 self.client.set_terminated(run_id, "KILLED")
         self.client.set_tag(runs.run_id, "sweep.status", status)
 
-    def close_lost(self, records: list[dict[str, Any]]) -> None:
-        """Close the MLflow runs of trials Ray Tune lost with a killed driver."""
-        for record in records:
-            run_id = record.get("mlflow_run_id")
-            if run_id:
-                self.client.set_tag(run_id, "sweep.status", "lost")
-                self.client.set_terminated(run_id, "KILLED")
+    def close_trials(self, summary: SweepSummary) -> list[str]:
+        """End the trial runs still RUNNING in MLflow whose trial has ended by Ray Tune's books
+        (the driver was killed between the two), and those of trials Tune never recorded (``lost``)."""
+        ended = {row["trial_id"]: row for row in summary.table.to_dict("records") if row["status"] != "running"}
+        known = set(summary.table["trial_id"])
+        closed = []
+        running = self.client.search_runs(
+            [self.tracker.experiment_id],
+            f"tags.mlflow.parentRunId = '{self.parent_run_id}' and tags.`sweep.role` = 'trial' and attributes.status = 'RUNNING'",
+        )
+        for run in running:
+            trial_id = run.data.tags.get("sweep.trial_id")
+            if trial_id in ended:
+                row = ended[trial_id]
+                params = {name: row[name] for name in self.sweep.space.names}
+                note = "ended while the driver was being killed" if row["status"] == "error" else None
+                self.end_trial(trial_id, params, row["status"], note)
+            elif trial_id not in known:
+                self.client.set_tag(run.info.run_id, "sweep.status", "lost")
+                self.client.set_terminated(run.info.run_id, "KILLED")
+            else:
+                continue
+            closed.append(trial_id)
+        return closed
 
     def _log_trial_finals(self, runs: _TrialRuns, finals: list[dict[str, float]]) -> None:
         """Means over seeds: validation (as the trial reported it) and test (reported only)."""
         val = [validation_objective(validation_rows(RunDir(s.run_dir), len(self.sessions))) for s in runs.specs]
         values = {
-            "trial/val_avg_acc": sum(v[0] for v in val) / len(val),
-            "trial/val_final_acc": sum(v[1] for v in val) / len(val),
-            "trial/test_avg_acc": sum(f["avg_acc_task_mean"] for f in finals) / len(finals),
-            "trial/test_final_acc": sum(f["final_acc_task_mean"] for f in finals) / len(finals),
+            mk.trial("val_avg_acc"): sum(v[0] for v in val) / len(val),
+            mk.trial("val_final_acc"): sum(v[1] for v in val) / len(val),
+            mk.trial("test_avg_acc"): sum(f["avg_acc_task_mean"] for f in finals) / len(finals),
+            mk.trial("test_final_acc"): sum(f["final_acc_task_mean"] for f in finals) / len(finals),
         }
         self.client.log_batch(runs.run_id, metrics=_metrics(values, len(self.sessions) - 1))
-
-    def reconcile(self) -> list[str]:
-        """Close the runs of trials that ended while their logging was still queued when the driver died."""
-        closed = []
-        for path in sorted((self.sweep.dir / "trials").glob("*/trial.json")):
-            record = json.loads(path.read_text())
-            run_id = record.get("mlflow_run_id")
-            ended = record.get("status") in ("complete", "stopped", "error")
-            if ended and run_id and self.client.get_run(run_id).info.status == "RUNNING":
-                self.end_trial(record, "ended while the driver was being killed" if record["status"] == "error" else None)
-                closed.append(record["trial_id"])
-        return closed
 
 
 def _short(value: Any) -> str:
@@ -325,14 +317,12 @@ def _short(value: Any) -> str:
 
 
 class SweepCallback(Callback):
-    """Ray Tune callback in the driver: records each trial in ``trials/<id>/trial.json``
-    and, when the sweep tracks to MLflow, logs it through :class:`SweepTracker`.
+    """Ray Tune callback in the driver: brings MLflow's trial runs up to date through
+    :class:`SweepTracker` as trials start, report and end.
 
-    The MLflow work runs in one background thread, in the order the events came:
-    a function trial waits in ``tune.report`` until the driver has handled its
-    result, so logging inline (figures, artifacts: ~0.3 s per task) would stall
-    the trial. Still a single writer. MLflow problems are logged as warnings and
-    never stop the sweep; the trial's next result logs whatever was missed.
+    Ray Tune keeps the trials' books; this callback only logs. MLflow problems are
+    logged as warnings and never stop the sweep; the trial's next result (or the
+    end of the sweep, :meth:`SweepTracker.close_trials`) syncs whatever was missed.
 
     Args:
         sweep: the sweep.
@@ -346,31 +336,13 @@ class SweepCallback(Callback):
         self.sweep = sweep
         self.track = track
         self._tracker: SweepTracker | None = None
-        self._queue: queue.Queue | None = None
 
-    def __getstate__(self) -> dict[str, Any]:  # pickled into the Tuner's state: no client, no thread
-        state = self.__dict__.copy()
-        state["_tracker"] = None
-        state["_queue"] = None
-        return state
+    def __getstate__(self) -> dict[str, Any]:  # pickled into the Tuner's state: no client
+        return {**self.__dict__, "_tracker": None}
 
     def _mlflow(self, what: str, method: str, *args: Any) -> None:
         if not self.track:
             return
-        if self._queue is None:
-            self._queue = queue.Queue()
-            threading.Thread(target=self._worker, name="sweep-mlflow", daemon=True).start()
-        self._queue.put((what, method, args))
-
-    def _worker(self) -> None:
-        while True:
-            what, method, args = self._queue.get()
-            try:
-                self._log(what, method, args)
-            finally:
-                self._queue.task_done()
-
-    def _log(self, what: str, method: str, args: tuple) -> None:
         try:
             if self._tracker is None:
                 tracker = SweepTracker(self.sweep)
@@ -380,29 +352,18 @@ class SweepCallback(Callback):
         except Exception as exc:  # noqa: BLE001 - tracking must not take the sweep down
             _logger.warning("MLflow logging failed (%s): %s: %s", what, type(exc).__name__, exc)
 
-    def flush(self) -> None:
-        """Wait until everything queued is logged."""
-        if self._queue is not None:
-            self._queue.join()
-
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        record = trial_started(self.sweep, trial.trial_id, dict(trial.config))
-        self._mlflow("trial start", "open_trial", record)
+        self._mlflow("trial start", "open_trial", trial.trial_id, dict(trial.config), trials.index(trial) if trial in trials else None)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        record = trial_started(self.sweep, trial.trial_id, dict(trial.config))
-        self._mlflow("trial result", "sync_trial", record, dict(result))
+        self._mlflow("trial result", "sync_trial", trial.trial_id, dict(trial.config), dict(result))
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        record = trial_ended(self.sweep, trial.trial_id, dict(trial.config))
-        self._mlflow("trial end", "end_trial", record)
+        if not self.track:
+            return
+        done = tasks_done(self.sweep, trial.trial_id, dict(trial.config))
+        self._mlflow("trial end", "end_trial", trial.trial_id, dict(trial.config), trial_status("TERMINATED", done, self.sweep.num_sessions))
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        record = trial_ended(self.sweep, trial.trial_id, dict(trial.config), error=True)
         error = f"trial {trial.trial_id} failed; see {trial.local_path or 'its Ray Tune trial directory'}"
-        self._mlflow("trial error", "end_trial", record, error)
-
-    def on_experiment_end(self, trials: list, **info) -> None:
-        lost = trials_lost(self.sweep, {t.trial_id for t in trials})
-        self._mlflow("lost trials", "close_lost", lost)
-        self.flush()
+        self._mlflow("trial error", "end_trial", trial.trial_id, dict(trial.config), "error", error)

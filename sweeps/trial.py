@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from model.methods import StepResult
+from pipeline import metric_keys as mk
 from pipeline.config import updated
 from pipeline.runner import execute, make_specs
 from pipeline.scheduler import LocalExecutor
@@ -48,9 +49,9 @@ __all__ = [
     "validation_objective",
 ]
 
-METRIC = "objective"
+METRIC = mk.OBJECTIVE
 TIME_ATTR = "tasks_done"
-REPORTED_KEYS = (METRIC, "val_acc", TIME_ATTR)
+REPORTED_KEYS = (METRIC, mk.VAL_ACC, TIME_ATTR)
 _PROGRESS_FILE = "progress.json"
 
 
@@ -111,7 +112,7 @@ class TaskReporter:
             per_seed = [validation_objective([rows[i] for i in range(s + 1)]) for rows in self.rows.values()]
             metrics = {
                 METRIC: _mean(avg for avg, _ in per_seed),
-                "val_acc": _mean(last for _, last in per_seed),
+                mk.VAL_ACC: _mean(last for _, last in per_seed),
                 TIME_ATTR: s + 1,
             }
             self.history.append(metrics)

@@ -10,7 +10,10 @@ This module only assembles Ray Tune's pieces:
 * ``ConcurrencyLimiter`` for ``max_concurrent``; ``ASHAScheduler`` with the task
   count as time attribute; ``RunConfig(storage_path=…)``, ``FailureConfig``,
   ``CheckpointConfig``; ``Tuner.restore`` to resume;
-* :class:`~sweeps.tracking.SweepCallback`: the trials' records and MLflow.
+* :class:`~sweeps.tracking.SweepCallback`: MLflow's parent and trial runs.
+
+Ray Tune and Optuna keep the trials' books (Tune's experiment state, the Optuna
+study); the summary reads Tune's and the trials' run directories.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from .trial import METRIC, TIME_ATTR, run_trial
 
 __all__ = [
     "SweepOutcome",
+    "TUNE_TRIAL_ATTR",
     "TaskAwareOptunaSearch",
     "create_scheduler",
     "create_searcher",
@@ -46,6 +50,31 @@ _logger = logging.getLogger(__name__)
 MODE = "max"
 
 
+TUNE_TRIAL_ATTR = "tune_trial_id"
+"""The Optuna trial's user attribute that names its Ray Tune trial."""
+
+
+class _TaggedSpace:
+    """OptunaSearch's define-by-run space: suggests the sweep's distributions through Optuna's
+    public ``suggest_*`` and tags the Optuna trial with the Ray Tune trial it belongs to."""
+
+    def __init__(self, distributions: dict[str, Any]) -> None:
+        self.distributions = distributions
+        self.trial_id: str | None = None
+
+    def __call__(self, trial) -> None:
+        from optuna.distributions import CategoricalDistribution, IntDistribution
+
+        trial.set_user_attr(TUNE_TRIAL_ATTR, self.trial_id)
+        for name, dist in self.distributions.items():
+            if isinstance(dist, CategoricalDistribution):
+                trial.suggest_categorical(name, dist.choices)
+            elif isinstance(dist, IntDistribution):
+                trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+            else:
+                trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+
+
 class TaskAwareOptunaSearch(OptunaSearch):
     """Ray Tune's OptunaSearch, told which trials the scheduler stopped early.
 
@@ -54,19 +83,29 @@ class TaskAwareOptunaSearch(OptunaSearch):
     the average accuracy over k tasks, which is not comparable to a complete
     trial's (fewer tasks, less forgetting); this subclass tells Optuna such a
     trial was PRUNED, as Optuna's own pruners do, keeping its per-task values as
-    intermediate values. It also tags each Optuna trial with its Ray Tune trial
-    id, and, on restore, fails the study trials a killed driver left RUNNING
-    before Ray Tune had recorded them (they will never report).
+    intermediate values. Each Optuna trial carries its Ray Tune trial id
+    (:data:`TUNE_TRIAL_ATTR`); on restore, the study trials a killed driver left
+    RUNNING before Ray Tune had recorded them are failed (they will never report).
+    Only Optuna's public API is used: the study is reopened by name.
+
+    Args:
+        distributions: ``{name: optuna distribution}`` of the search space.
+        study_name, storage: the Optuna study (an RDB storage outlives the driver).
+        max_t: the number of tasks (a trial that reports fewer was stopped).
+        **kwargs: passed to :class:`OptunaSearch`.
     """
 
-    def __init__(self, *args: Any, max_t: int, **kwargs: Any) -> None:
+    def __init__(self, distributions: dict[str, Any], *, study_name: str, storage: Any, max_t: int, **kwargs: Any) -> None:
         self._max_t = max_t
-        super().__init__(*args, **kwargs)
+        self._study = (study_name, storage)
+        self._suggested: set[str] = set()  # pickled with the searcher: what Tune's snapshot knows
+        super().__init__(_TaggedSpace(distributions), study_name=study_name, storage=storage, **kwargs)
 
     def suggest(self, trial_id: str):
+        self._space.trial_id = trial_id
         params = super().suggest(trial_id)
-        if params is not None and trial_id in self._ot_trials:
-            self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
+        if params is not None:
+            self._suggested.add(trial_id)
         return params
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -75,11 +114,14 @@ class TaskAwareOptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result=result, error=error)
 
     def restore(self, checkpoint_path: str) -> None:
+        import optuna
+
         super().restore(checkpoint_path)
-        known = {t.number for t in self._ot_trials.values()}
-        for frozen in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if frozen.number not in known:
-                self._ot_study.tell(frozen.number, state=TrialState.FAIL)
+        study_name, storage = self._study
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if frozen.user_attrs.get(TUNE_TRIAL_ATTR) not in self._suggested:
+                study.tell(frozen.number, state=TrialState.FAIL)
                 _logger.info("Optuna trial %d was lost with the killed driver; marked FAIL", frozen.number)
 
 
@@ -225,8 +267,6 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, verbose: int = 1) -> SweepO
     tracker = SweepTracker(sweep) if sweep.base.tracking.enabled else None
     if tracker is not None:
         tracker.open_parent()
-        if restorable:
-            tracker.reconcile()
     callback = SweepCallback(sweep, track=tracker is not None)
 
     # What makes a killed driver resumable is Tune's snapshot of the experiment: every trial
@@ -272,6 +312,7 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, verbose: int = 1) -> SweepO
     summary = summarize_sweep(sweep)
     write_summary(summary)
     if tracker is not None:
+        tracker.close_trials(summary)  # what a killed driver left open, as Tune's books say
         tracker.log_summary(summary)
         if complete:
             tracker.end_parent("FINISHED")

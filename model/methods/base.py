@@ -68,6 +68,8 @@ class Step:
             first-session adaptation) or ``"later"`` ones only. A step that does
             not run in a session is absent from it: no stage, no marker, and the
             steps that need it there do not wait for it.
+        uploads: the slots of ``writes`` worth keeping beside the run's metrics (the
+            tracker uploads them when the run ends); scratch slots stay in the run directory.
     """
 
     name: str
@@ -76,10 +78,13 @@ class Step:
     ordered: bool = False
     carries_state: bool = True
     sessions: Literal["all", "first", "later"] = "all"
+    uploads: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.sessions not in ("all", "first", "later"):
             raise ValueError(f"Step {self.name!r}: sessions must be 'all', 'first' or 'later', got {self.sessions!r}")
+        if not set(self.uploads) <= set(self.writes):
+            raise ValueError(f"step {self.name!r} uploads {sorted(set(self.uploads) - set(self.writes))}, which it does not write")
 
     def runs_in(self, session: int) -> bool:
         """Whether the step is part of session ``session``."""
@@ -89,7 +94,7 @@ class Step:
 def default_steps() -> list[Step]:
     """``train`` then ``eval``: what a method without design or memory runs."""
     return [
-        Step("train", writes=("adapter",)),
+        Step("train", writes=("adapter",), uploads=("adapter",)),
         Step("eval", needs=("train",), ordered=True, carries_state=False),
     ]
 

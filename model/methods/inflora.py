@@ -79,7 +79,7 @@ class InfLoRA(LoRAMethod):
 
     def steps(self) -> list[Step]:
         design, train, evaluate = super().steps()
-        return [design, train, Step("update", needs=("train",), writes=("memory",)), evaluate]
+        return [design, train, Step("update", needs=("train",), writes=("memory",), uploads=("memory",)), evaluate]
 
     def memory(self, ctx: "StepContext", session: int) -> MemoryBank | None:
         """Memory bank after ``session`` (``None`` before the first session)."""

@@ -49,7 +49,7 @@ class InfLoRACA(InfLoRA):
 
     def steps(self) -> list[Step]:
         design, train, update, evaluate = super().steps()
-        align = Step("align", needs=("train",), writes=("class_stats", "aligned_heads"))
+        align = Step("align", needs=("train",), writes=("class_stats", "aligned_heads"), uploads=("aligned_heads",))
         return [design, train, update, align, Step("eval", needs=("train", "align"), ordered=True, carries_state=False)]
 
     def restore(self, net: ContinualViT, ctx: "StepContext", sessions_done: int) -> None:

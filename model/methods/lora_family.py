@@ -56,7 +56,7 @@ class LoRAMethod(ContinualMethod):
     def steps(self) -> list[Step]:
         return [
             Step("design", writes=("design",)),
-            Step("train", needs=("design",), writes=("adapter",)),
+            Step("train", needs=("design",), writes=("adapter",), uploads=("adapter",)),
             Step("eval", needs=("train",), ordered=True, carries_state=False),
         ]
 

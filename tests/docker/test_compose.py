@@ -332,5 +332,13 @@ def test_legacy_builder_context_excludes_the_venv():
     assert patterns[0] == "*"
     reincluded = [p[1:].rstrip("/") for p in patterns if p.startswith("!")]
     assert not any(fnmatch.fnmatch(name, p) for p in reincluded for name in (".venv", "runs", "checkpoints", "mlflow.db", "mlruns"))
-    readme = (DOCKER / "README.md").read_text()
-    assert "would upload the whole checkout" not in readme
+    # docker/README.md: BuildKit's docker/Dockerfile.dockerignore and the legacy builder's root
+    # .dockerignore hold "the same list", and "only what the image copies is sent"
+    buildkit = [line.strip() for line in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    assert patterns == buildkit
+    assert "the same\n# list" in (DOCKER / "README.md").read_text()
+    copied = [src for line in DOCKERFILE.read_text().splitlines() if line.startswith("COPY ")
+              for src in line.split()[1:-1] if not src.startswith("--")]
+    for src in copied:
+        assert any(fnmatch.fnmatch(p, src.rstrip("/")) for p in reincluded), f"the Dockerfile copies {src}, which the context leaves out"

@@ -9,7 +9,7 @@ import json
 import pytest
 from conftest import tiny_config_dict
 
-from pipeline.cli import browse_hint
+from pipeline.store import browse_hint
 from pipeline.config import TrackingConfig, config_from_dict
 from pipeline.nodes import current_node_id
 from pipeline.runner import execute, make_specs
@@ -54,12 +54,19 @@ def test_stage_node_is_a_tag_and_an_event(tmp_path):
     assert (line["stage"], line["event"], line["node_id"]) == ("session_002/train", "node", "abc123")
 
 
-def test_no_node_outside_ray():
+def test_no_node_outside_ray(monkeypatch):
+    """No node without Ray imported, nor with Ray imported but not initialised (whatever ran before)."""
     import sys
+    from types import SimpleNamespace
 
-    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
-        pytest.skip("a Ray cluster of another test is up in this process")
+    monkeypatch.delitem(sys.modules, "ray", raising=False)
     assert current_node_id() is None
+    idle = SimpleNamespace(is_initialized=lambda: False, get_runtime_context=lambda: pytest.fail("asked an idle Ray for its node"))
+    monkeypatch.setitem(sys.modules, "ray", idle)
+    assert current_node_id() is None
+    running = SimpleNamespace(is_initialized=lambda: True, get_runtime_context=lambda: SimpleNamespace(get_node_id=lambda: "n1"))
+    monkeypatch.setitem(sys.modules, "ray", running)
+    assert current_node_id() == "n1"
 
 
 def test_system_metrics_per_run_and_after_resume(tmp_path, tiny_checkpoint, monkeypatch):

@@ -33,7 +33,8 @@ from process_helpers import stop_process_group
 
 from pipeline.config import config_from_dict
 from pipeline.runner import execute, make_specs
-from pipeline.tracking import FINAL_IMAGE_KEYS, RESULT_PLOTS
+from pipeline.metric_keys import FINAL_IMAGES as FINAL_IMAGE_KEYS
+from pipeline.tracking import RESULT_PLOTS
 
 pytestmark = pytest.mark.ui
 

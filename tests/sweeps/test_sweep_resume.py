@@ -39,18 +39,22 @@ def _is_done(run_dir: Path, stage: str) -> bool:
 
 
 def _state(sweep) -> tuple[list[str], dict[str, int]]:
-    """(trials complete per trial.json, {unfinished trial: eval stages done})."""
-    from pipeline.state import RunDir, StageKey
+    """(trials the Optuna study records complete, {unfinished trial: eval stages done})."""
+    from optuna.trial import TrialState
 
+    from pipeline.state import RunDir, StageKey
+    from sweeps.tuner import TUNE_TRIAL_ATTR, open_study
+
+    study = open_study(sweep)
+    states = {t.user_attrs.get(TUNE_TRIAL_ATTR): t.state for t in study.trials} if study else {}
     complete, partial = [], {}
-    for record_path in (sweep.dir / "trials").glob("*/trial.json"):
-        record = json.loads(record_path.read_text())
-        run_dir = next(record_path.parent.glob("tiny-*"), None)
+    for trial_dir in (sweep.dir / "trials").glob("*"):
+        run_dir = next(trial_dir.glob("tiny-*"), None)
         evals = sum(RunDir(run_dir).is_done(StageKey(s, "eval")) for s in range(3)) if run_dir else 0
-        if record.get("status") == "complete":
-            complete.append(record["trial_id"])
+        if states.get(trial_dir.name) == TrialState.COMPLETE:
+            complete.append(trial_dir.name)
         else:
-            partial[record["trial_id"]] = evals
+            partial[trial_dir.name] = evals
     return complete, partial
 
 
