@@ -249,9 +249,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from .config import TrackingConfig
-
-    uri = args.tracking_uri or resolve_tracking_uri(TrackingConfig())
+    uri = args.tracking_uri or resolve_tracking_uri()
     if uri.startswith("http"):
         print(f"the tracking URI is a server already: open {uri}")
         return 0

@@ -32,9 +32,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # readers of a run directory need no torch
+    import torch
 
 __all__ = ["StageKey", "RunDir", "RunStateError", "IntegrityError", "atomic_write_bytes", "sha256_bytes"]
 

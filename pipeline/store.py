@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .config import TrackingConfig
 from .lock import store_lock
+
+if TYPE_CHECKING:  # the store needs no config module (nor the model it imports)
+    from .config import TrackingConfig
 
 __all__ = [
     "EXPERIMENT_KIND_TAG",
@@ -31,9 +34,9 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
 
 
-def resolve_tracking_uri(cfg: TrackingConfig) -> str:
+def resolve_tracking_uri(cfg: TrackingConfig | None = None) -> str:
     """``MLFLOW_TRACKING_URI`` wins, then ``tracking.uri``, then ``sqlite:///./mlflow.db``."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or (cfg.uri if cfg is not None else None)
     if uri:
         return uri
     return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
@@ -95,7 +98,7 @@ def open_store(tracking_uri: str | None = None, experiment: str | None = None):
     Raises:
         LookupError: no experiment of that name.
     """
-    uri = tracking_uri or resolve_tracking_uri(TrackingConfig())
+    uri = tracking_uri or resolve_tracking_uri()
     client = _client(uri)
     if experiment:
         found = client.get_experiment_by_name(experiment)

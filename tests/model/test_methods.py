@@ -38,6 +38,21 @@ def test_method_config_validation():
         create_method("inflora", method_config_class("sd_lora")())
 
 
+def test_every_method_uploads_its_trained_state_and_only_slots_it_writes():
+    """The upload list is the methods' own (``Step.uploads``), a subset of what each step writes."""
+    from model.methods import Step
+
+    for name in available_methods():
+        steps = create_method(name).steps()
+        uploaded = {slot for step in steps for slot in step.uploads}
+        assert "adapter" in uploaded, name  # what every method trains
+        assert "design" not in uploaded and "class_stats" not in uploaded, name  # scratch slots stay local
+    assert {s for step in create_method("inflora").steps() for s in step.uploads} == {"adapter", "memory"}
+    assert {s for step in create_method("inflora_ca").steps() for s in step.uploads} == {"adapter", "memory", "aligned_heads"}
+    with pytest.raises(ValueError, match="uploads \\['memory'\\], which it does not write"):
+        Step("train", writes=("adapter",), uploads=("memory",))
+
+
 def test_sessions():
     assert create_method("inflora").sessions(3) == [[0], [1], [2]]
     assert create_method("joint").sessions(3) == [[0, 1, 2]]
