@@ -97,7 +97,8 @@ def test_parent_run_has_one_child_per_trial_with_per_task_metrics(finished_sweep
         for name in ("acc/val/task_000", "acc/test/task_000", "objective"):
             assert [m.step for m in client.get_metric_history(child.info.run_id, name)] == [0, 1, 2], name
         assert {"final/avg_acc_task_mean", "final/val_avg_acc_task_mean", "trial/test_avg_acc"} <= set(child.data.metrics)
-        assert child.data.params["lora.rank"] == str(outcome.summary.table.set_index("trial_id").loc[child.data.tags["sweep.trial_id"], "rank"])
+        rank_key = next(p.key for p in sweep.space.params if p.name == "rank")  # method.inflora.rank
+        assert child.data.params[rank_key] == str(outcome.summary.table.set_index("trial_id").loc[child.data.tags["sweep.trial_id"], "rank"])
 
 
 def test_the_search_sees_validation_numbers_only(finished_sweep):
