@@ -337,7 +337,7 @@ class CLLoRA(PrototypeSteps, ContinualMethod):
         return CLLoRAViT(backbone, self.config, self.config.rank)
 
     def steps(self) -> list[Step]:
-        return self.with_prototype_step([Step("train", writes=("adapter",))])
+        return self.with_prototype_step([Step("train", writes=("adapter",), uploads=("adapter",))])
 
     def restore(self, net: ContinualViT, ctx: "StepContext", sessions_done: int) -> None:
         assert isinstance(net, CLLoRAViT)
