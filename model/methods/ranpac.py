@@ -212,7 +212,7 @@ class RanPAC(ContinualMethod):
     )
 
     def steps(self) -> list[Step]:
-        steps = [Step("train", writes=("adapter",), sessions="first")] if self.config.adapt_first_session else []
+        steps = [Step("train", writes=("adapter",), sessions="first", uploads=("adapter",))] if self.config.adapt_first_session else []
         return steps + [
             Step("stats", needs=("train",), writes=("projection", "stats", "classifier")),
             Step("eval", needs=("stats",), ordered=True, carries_state=False),
