@@ -14,7 +14,8 @@ from pipeline.config import TrackingConfig, config_from_dict
 from pipeline.nodes import current_node_id
 from pipeline.runner import execute, make_specs
 from pipeline.state import RunDir, StageKey
-from pipeline.tracking import DESCRIPTION_TAG, EXPERIMENT_KIND_TAG, FINAL_IMAGE_KEYS, MODEL_TRAINING_KIND, RESULT_PLOTS, Tracker, log_stage_node
+from pipeline.metric_keys import FINAL_IMAGES as FINAL_IMAGE_KEYS
+from pipeline.tracking import DESCRIPTION_TAG, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND, RESULT_PLOTS, Tracker, log_stage_node
 
 
 def test_experiments_are_model_training(tmp_path):
