@@ -18,7 +18,7 @@ random weights (no hub) and synthetic images; the numbers are costs, not accurac
 2. **Real stages** — a 10-task ImageNet-R-shaped sequence (JPEGs of 300–700 px
    generated on the machine, in an ``image_folder`` flat layout, 20 classes per
    task, the held-out test drawn by ``data.split_seed``, ``data.pipeline:
-   device``) through :func:`pipeline.runner.execute` on Ray, with few epochs:
+   device``) through :func:`pipeline.running.runner.execute` on Ray, with few epochs:
    ``resources.gpus_per_stage`` 1, 0.5 and 0.25 with 1, 2 and 4 runs at once;
    wall time and seconds per task, the aggregate training images/s, the
    projection of one seed to the paper's 50 epochs, the device every stage ran
@@ -196,8 +196,8 @@ def pipeline_config(s: Settings, data_root: Path, checkpoint: Path, out: Path, g
 
 def run_stages(s: Settings, work: Path, device: torch.device, log) -> list[dict[str, Any]]:
     from model.backbone import create_backbone, save_backbone
-    from pipeline.runner import execute, make_specs
-    from pipeline.state import StageKey
+    from pipeline.running.runner import execute, make_specs
+    from pipeline.running.state import StageKey
 
     case = s.case
     data_root = write_jpeg_folder(work / "imagenet_r_shaped", s.pipe_tasks * s.pipe_classes_per_task, s.pipe_images_per_class, s.pipe_sides)

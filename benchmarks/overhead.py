@@ -47,7 +47,7 @@ def bare_loop(config_path: str, overrides: list[str]) -> dict:
     from model.methods.memory_context import InMemoryContext
     from pipeline.config import load_config
     from pipeline.data import load_dataset, make_loader, make_split
-    from pipeline.stages import method_of
+    from pipeline.running.stages import method_of
 
     started = time.perf_counter()
     cfg = load_config(config_path, overrides)

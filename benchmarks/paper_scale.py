@@ -1,7 +1,7 @@
 """What a paper-scale run costs besides the model: the host's share, measured on the CPU, old path against new.
 
 The paper config (``configs/paper/imagenet_r_10.yaml``) runs through the real
-stages (:func:`pipeline.runner.execute`, in-process executor, MLflow logging to
+stages (:func:`pipeline.running.runner.execute`, in-process executor, MLflow logging to
 a local SQLite store) on generated ImageNet-R-shaped JPEGs (300–700 px sides,
 about 80 kB each; :func:`benchmarks.harness.write_jpeg_folder`), with only the
 backbone swapped for a ViT so small that its compute is negligible (one block,
@@ -79,7 +79,7 @@ def paper_config(data_root: Path, checkpoint: Path, out: Path, pipeline: str, ep
 @contextlib.contextmanager
 def stage_clock(rows: list[dict[str, Any]]) -> Iterator[None]:
     """Record CPU and wall seconds of every stage the in-process executor runs."""
-    import pipeline.scheduler as scheduler
+    import pipeline.running.scheduler as scheduler
 
     original = scheduler.run_stage
 
@@ -99,7 +99,7 @@ def stage_clock(rows: list[dict[str, Any]]) -> Iterator[None]:
 
 def run_once(cfg) -> tuple[float, float, list[dict[str, Any]]]:
     """CPU and wall seconds of one whole run, and its per-stage rows."""
-    from pipeline.runner import execute, make_specs
+    from pipeline.running.runner import execute, make_specs
 
     rows: list[dict[str, Any]] = []
     cpu, wall = cpu_seconds(), time.perf_counter()

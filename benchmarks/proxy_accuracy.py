@@ -48,8 +48,8 @@ def main() -> None:
 
     from model.methods import available_methods
     from pipeline.config import load_config
-    from pipeline.runner import execute, make_specs
-    from pipeline.tracking import run_costs
+    from pipeline.running.runner import execute, make_specs
+    from pipeline.tracking.tracker import run_costs
 
     METHODS = tuple(args.methods or available_methods())
     base = load_config(args.config, [*args.set, f"output_dir={args.output_dir}", "tracking.experiment=inflora-proxy-benchmark"])

@@ -192,7 +192,7 @@ def replay_to_sqlite(run_dirs: list[Path], config: dict, root: Path) -> str:
     """Log copies of finished ``run_dirs`` to a fresh sqlite store in one go (the reference a
     tracking store under test must equal); returns its URI. ``config`` is the runs' config dict."""
     from pipeline.config import config_from_dict
-    from pipeline.runner import execute, spec_from_run_dir
+    from pipeline.running.runner import execute, spec_from_run_dir
 
     uri = f"sqlite:///{root / 'reference.db'}"
     specs = []

@@ -4,7 +4,7 @@ Runs the same N configurations of the CPU demo (configs/demo.yaml, fewer epochs)
 sweep (Ray Tune + Optuna + MLflow, FIFO scheduler so every trial does the same work,
 1 CPU per trial) on a fresh 2-CPU local Ray cluster, once with ``max_concurrent: 1``
 and once with ``2``. For reference it also runs the same N runs without any sweep
-machinery (``pipeline.runner.execute`` in-process), in one process and split over two
+machinery (``pipeline.running.runner.execute`` in-process), in one process and split over two
 processes: the best ratio the machine itself allows at the moment.
 
     python benchmarks/sweep_scaling.py                    # 8 trials of 6 epochs per task
@@ -147,8 +147,8 @@ def bench_sweep(work: Path, trials: int, epochs: int, concurrent: int, tracking:
 _PLAIN = """
 import json, sys
 from pipeline.config import config_from_dict
-from pipeline.runner import execute, make_specs
-from pipeline.scheduler import LocalExecutor
+from pipeline.running.runner import execute, make_specs
+from pipeline.running.scheduler import LocalExecutor
 for data in json.loads(sys.argv[1]):
     execute(make_specs(config_from_dict(data)), executor=LocalExecutor(), progress=False)
 """
@@ -270,7 +270,7 @@ def main() -> int:
     from mlflow import MlflowClient
 
     from pipeline.config import load_config
-    from pipeline.pretrain import ensure_backbone
+    from pipeline.running.pretrain import ensure_backbone
 
     base = load_config(ROOT / "configs" / "demo.yaml")
     ensure_backbone(base.backbone, base.data, progress=False)

@@ -1,6 +1,6 @@
 """What MLflow's system-metrics sampling costs the driver, per sample and at the default interval.
 
-The tracker (``pipeline/system_metrics.py``) samples the machine in a thread of the
+The tracker (``pipeline/tracking/system_metrics.py``) samples the machine in a thread of the
 driver while stages run. Here a run is opened in a fresh sqlite store (or the
 ``--tracking-uri`` given, e.g. a server), the sampler runs at ``--interval`` for
 ``--seconds`` while the main thread sleeps, and the process's CPU time over that
@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.system_metrics import DEFAULT_INTERVAL_S, SystemMetrics
+from pipeline.tracking.system_metrics import DEFAULT_INTERVAL_S, SystemMetrics
 
 RESULTS = Path(__file__).resolve().parent / "results" / "system_metrics_overhead.json"
 

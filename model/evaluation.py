@@ -53,7 +53,7 @@ class Predictions:
         return int(self.labels.numel())
 
     def as_numpy(self) -> dict[str, "numpy.ndarray"]:
-        """The four arrays by name, e.g. for ``pipeline.metrics.prediction_accuracies(**p.as_numpy(), head_sizes=…)``."""
+        """The four arrays by name, e.g. for ``pipeline.reporting.metrics.prediction_accuracies(**p.as_numpy(), head_sizes=…)``."""
         return {k: getattr(self, k).numpy() for k in ("labels", "class_il", "task_il", "task_id")}
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sweeps.cli import add_sweep_parser, print_mlflow_sweep
 
-from .store import browse_hint, resolve_tracking_uri
+from .tracking.store import browse_hint, resolve_tracking_uri
 
 __all__ = ["main"]
 
@@ -93,8 +93,8 @@ def _print_outcomes(outcomes, tracking_uri: str | None) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .runner import execute, make_specs, spec_from_run_dir
-    from .preflight import check_resume, preflight
+    from .running.runner import execute, make_specs, spec_from_run_dir
+    from .running.preflight import check_resume, preflight
 
     if args.resume:
         specs = [spec_from_run_dir(path) for path in args.resume]
@@ -127,7 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _exit_code(outcomes) -> int:
     """3 when the tracking server stayed down until the end (the runs wait to be logged), else 0."""
-    from .offline import backlog_message
+    from .tracking.offline import backlog_message
 
     waiting = backlog_message(outcomes)
     if waiting:
@@ -173,9 +173,9 @@ def _check_same_protocol(configs, sources: list[str]) -> None:
 
 def _run_comparison(cfg, specs, args: argparse.Namespace) -> int:
     """Every method on the same split, class order and seeds, as one batch, nested under one MLflow run."""
-    from .offline import GuardedTracker
-    from .report import runs_table, summary_notes, summary_table
-    from .runner import execute
+    from .tracking.offline import GuardedTracker
+    from .reporting.report import runs_table, summary_notes, summary_table
+    from .running.runner import execute
 
     parent = None
     tracker = None
@@ -196,10 +196,10 @@ def _run_comparison(cfg, specs, args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .results import collect_results
-    from .runner import spec_from_run_dir, verify_run_dir
-    from .stages import method_of
-    from .state import RunDir
+    from .reporting.results import collect_results
+    from .running.runner import spec_from_run_dir, verify_run_dir
+    from .running.stages import method_of
+    from .running.state import RunDir
 
     for path in args.run_dirs:
         spec = spec_from_run_dir(path)
@@ -220,7 +220,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     if args.sweep:
         return print_mlflow_sweep(args.sweep, tracking_uri=args.tracking_uri, experiment=args.experiment)
-    from .report import runs_table, summary_notes, summary_table
+    from .reporting.report import runs_table, summary_notes, summary_table
 
     table = runs_table(args.experiment, tracking_uri=args.tracking_uri, include_sweeps=args.include_sweeps)
     if table.empty:
@@ -238,8 +238,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         table.drop(columns="params").to_csv(args.csv, index=False)
         print(f"\nwrote {args.csv}")
     if args.plot:
-        from .plots import close
-        from .report import comparison_figure
+        from .reporting.plots import close
+        from .reporting.report import comparison_figure
 
         fig = comparison_figure(table)
         fig.savefig(args.plot, dpi=120)
@@ -270,7 +270,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .pretrain import pretrain_backbone
+    from .running.pretrain import pretrain_backbone
 
     cfg = load_config(args.config, args.set)
     if cfg.backbone.checkpoint and Path(cfg.backbone.checkpoint).is_file() and not args.force:
@@ -341,10 +341,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from .config import ConfigError
     from .data import DatasetError
-    from .offline import TrackingUnavailable
-    from .resources import ResourceError
-    from .runner import RunFailed
-    from .state import RunStateError
+    from .tracking.offline import TrackingUnavailable
+    from .running.resources import ResourceError
+    from .running.runner import RunFailed
+    from .running.state import RunStateError
 
     previous = _on_sigterm(_interrupt)  # a killed command ends its MLflow runs as KILLED, as Ctrl-C does
     errors = (ConfigError, BackboneError, DatasetError, SubspaceError, RunStateError, RunFailed, FileNotFoundError, LookupError,

@@ -16,7 +16,7 @@ import math
 import shlex
 import sys
 
-from pipeline import metric_keys as mk
+from pipeline.tracking import metric_keys as mk
 
 from .dashboard import DEFAULT_PORT
 
@@ -90,7 +90,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     outcome = run_sweep(sweep, resume=args.resume, verbose=0 if args.quiet else 1)
     print_summary(outcome.summary)
     if outcome.parent_run_id:
-        from pipeline.store import browse_hint, resolve_tracking_uri
+        from pipeline.tracking.store import browse_hint, resolve_tracking_uri
 
         uri = resolve_tracking_uri(sweep.base.tracking)
         print(f"\nMLflow: parent run {outcome.parent_run_id} ({sweep.name}) in experiment {sweep.base.tracking.experiment!r}"

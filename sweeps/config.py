@@ -237,7 +237,7 @@ class Sweep:
     @property
     def num_sessions(self) -> int:
         """Reports per trial: one after each task (session); ASHA's ``max_t``."""
-        from pipeline.stages import method_of
+        from pipeline.running.stages import method_of
 
         return len(method_of(self.base).sessions(self.base.data.num_tasks))
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline import metric_keys as mk
+from pipeline.tracking import metric_keys as mk
 
 from .config import SWEEP_FILE, load_sweep
 from .results import SweepSummary, summarize_sweep
@@ -52,7 +52,7 @@ def find_sweep(sweep: str, tracking_uri: str | None = None, experiment: str | No
     """
     from mlflow.exceptions import MlflowException
 
-    from pipeline.store import open_store
+    from pipeline.tracking.store import open_store
 
     client, experiment_ids = open_store(tracking_uri, experiment)
     uri = client.tracking_uri

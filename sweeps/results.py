@@ -21,10 +21,10 @@ import pandas as pd
 import yaml
 
 from pipeline.config import config_to_dict
-from pipeline.results import collect_results
-from pipeline.runner import make_specs
-from pipeline.stages import method_of, read_result
-from pipeline.state import RunDir, StageKey
+from pipeline.reporting.results import collect_results
+from pipeline.running.runner import make_specs
+from pipeline.running.stages import method_of, read_result
+from pipeline.running.state import RunDir, StageKey
 
 from .config import Sweep
 from .trial import TIME_ATTR, validation_objective

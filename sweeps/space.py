@@ -32,7 +32,7 @@ from typing import Any
 from model.settings import WIDTH, Searchable, searchable_fields
 from model.training import TrainSpec
 from pipeline.config import ConfigError, RunConfig
-from pipeline.preflight import architecture
+from pipeline.running.preflight import architecture
 
 __all__ = ["ParamSpec", "SearchSpace", "embedding_dim", "parameters_for"]
 

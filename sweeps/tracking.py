@@ -4,14 +4,14 @@
   sweep settings as params, ``sweep.yaml``; at the end the best parameters and
   numbers (``best/*`` metrics, ``best.*`` tags), ``trials.csv`` and the plots;
 * one **child run** per trial (tag ``mlflow.parentRunId``): with one seed it is
-  the foundation run itself (:class:`pipeline.tracking.Tracker`: per-task metrics,
+  the foundation run itself (:class:`pipeline.tracking.tracker.Tracker`: per-task metrics,
   accuracy matrices, adapters) plus the trial's ``objective`` and ``val_acc`` per
   task; with several seeds a trial run holds those, and the seeds' foundation
   runs nest under it.
 
 Trials never talk to MLflow: they write their run directories, and
 :class:`SweepCallback`, a Ray Tune callback in the driver, brings MLflow up to
-date from there with :meth:`pipeline.tracking.Tracker.sync` as the trial reports
+date from there with :meth:`pipeline.tracking.tracker.Tracker.sync` as the trial reports
 (the same sync the runner uses). A single writer cannot hit sqlite's "database
 is locked" nor race MLflow's schema creation on a fresh database, and the
 trials' workers need no network route to the tracking server. The sync is
@@ -34,11 +34,11 @@ from typing import Any
 import yaml
 from ray.tune import Callback
 
-from pipeline import metric_keys as mk
-from pipeline.runner import make_specs
-from pipeline.stages import RunSpec, init_run_dir, method_of
-from pipeline.state import RunDir
-from pipeline.tracking import Tracker, package_versions
+from pipeline.tracking import metric_keys as mk
+from pipeline.running.runner import make_specs
+from pipeline.running.stages import RunSpec, init_run_dir, method_of
+from pipeline.running.state import RunDir
+from pipeline.tracking.tracker import Tracker, package_versions
 
 from .config import Sweep
 from .results import SweepSummary, tasks_done, trial_status, validation_rows
@@ -162,7 +162,7 @@ class SweepTracker:
 
     def log_summary(self, summary: SweepSummary) -> None:
         """Trials table, plots and the best configuration into the parent run."""
-        from pipeline.plots import close
+        from pipeline.reporting.plots import close
 
         from .plots import objective_scatter, search_history
 

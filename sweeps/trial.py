@@ -1,7 +1,7 @@
 """One trial of a sweep: a task-sequence run per seed, reported to Ray Tune after every task.
 
 The trainable is a plain function of the sampled parameters (Ray Tune's function
-API). It runs the foundation pipeline (:func:`pipeline.runner.execute`) with
+API). It runs the foundation pipeline (:func:`pipeline.running.runner.execute`) with
 every stage in its own worker process, so a trial holds exactly the resources
 Ray Tune reserved for it and never waits on the cluster for nested tasks. After
 each task it reports, on the validation split only::
@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from model.methods import StepResult
-from pipeline import metric_keys as mk
+from pipeline.tracking import metric_keys as mk
 from pipeline.config import updated
-from pipeline.runner import execute, make_specs
-from pipeline.scheduler import LocalExecutor
-from pipeline.stages import RunSpec
-from pipeline.state import StageKey
+from pipeline.running.runner import execute, make_specs
+from pipeline.running.scheduler import LocalExecutor
+from pipeline.running.stages import RunSpec
+from pipeline.running.state import StageKey
 
 from .config import Sweep
 
@@ -58,7 +58,7 @@ _PROGRESS_FILE = "progress.json"
 class SessionOrderExecutor(LocalExecutor):
     """In-process executor that runs the seeds of a trial task by task.
 
-    :class:`~pipeline.scheduler.LocalExecutor` runs stages in submission order,
+    :class:`~pipeline.running.scheduler.LocalExecutor` runs stages in submission order,
     which is seed after seed; a multi-seed trial must finish task ``s`` on every
     seed before it can report task ``s``, so the queue is kept ordered by session
     (stable: within a session, the runs keep their order and stages their plan order).
@@ -103,7 +103,7 @@ class TaskReporter:
         self.history: list[dict[str, float]] = []
 
     def on_stage(self, spec: RunSpec, key: StageKey, result: StepResult) -> None:
-        """``on_stage`` hook of :func:`pipeline.runner.execute`: reads the validation row only."""
+        """``on_stage`` hook of :func:`pipeline.running.runner.execute`: reads the validation row only."""
         if result.eval is None:
             return
         self.rows[spec.seed][key.session] = result.val_row()

@@ -28,8 +28,8 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from pipeline.config import ConfigError
-from pipeline.pretrain import ensure_backbone
-from pipeline.scheduler import init_ray
+from pipeline.running.pretrain import ensure_backbone
+from pipeline.running.scheduler import init_ray
 
 from .config import SWEEP_FILE, Sweep
 from .results import SweepSummary, summarize_sweep, write_summary

@@ -56,7 +56,7 @@ def backbone_cache(tmp_path_factory) -> Path:
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A tiny ViT pretrained for 10 epochs on MNIST at 8×8 (a few seconds)."""
     from pipeline.config import BackboneConfig, DataConfig, PretrainConfig
-    from pipeline.pretrain import pretrain_backbone
+    from pipeline.running.pretrain import pretrain_backbone
 
     path = tmp_path_factory.mktemp("backbone") / "tiny.safetensors"
     backbone = BackboneConfig(

@@ -6,7 +6,7 @@ the method's own optimizer. A protocol is named by a config in ``configs/paper/`
 (``protocol``) that fixes the backbone and the data; the training settings are those of
 the paper config that runs the figure's method on that protocol (the protocol config
 itself when it runs that method; none: the figure never matches). ``inflora report`` reads these
-(``pipeline/report.py``) and prints a figure only beside runs that match, saying for
+(``pipeline/reporting/report.py``) and prints a figure only beside runs that match, saying for
 the others which protocol the figure belongs to.
 
 Methods declare ``published`` as a tuple of :class:`PublishedFigure`. The older form,

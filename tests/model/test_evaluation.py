@@ -81,7 +81,7 @@ def test_peak_rss_is_per_stage_after_a_reset():
 
 
 def test_as_numpy_feeds_the_pipeline_metrics():
-    from pipeline.metrics import prediction_accuracies
+    from pipeline.reporting.metrics import prediction_accuracies
 
     logits = torch.tensor([[5.0, 1.0, 2.0, 3.0, 4.0], [3.0, 1.0, 9.0, 2.0, 0.0]])
     net = _identity_net()

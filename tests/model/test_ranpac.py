@@ -10,8 +10,8 @@ from torch.testing import assert_close
 from model import TrainSpec, create_method
 from model.methods.memory_context import InMemoryContext
 from model.methods.ranpac import ADAPT_BRANCH, RanPACConfig, RanPACViT, collect_features, ridge_solve, select_ridge
-from pipeline.state import StageKey
-from pipeline.stages import stage_dependencies, stage_plan
+from pipeline.running.state import StageKey
+from pipeline.running.stages import stage_dependencies, stage_plan
 from method_fixtures import task_batches
 from method_fixtures import tiny_backbone as backbone
 

@@ -11,7 +11,7 @@ from conftest import tiny_config_dict
 from pipeline.cli import main
 from pipeline.config import config_from_dict
 from pipeline.data import DataSource, DatasetError, make_split, register_dataset
-from pipeline.runner import RunFailed, execute, make_specs
+from pipeline.running.runner import RunFailed, execute, make_specs
 
 
 def write_config(tmp_path, cfg: dict):
@@ -144,7 +144,7 @@ def test_ui_serves_the_store_on_localhost(tmp_path):
 
 def test_b5_variant_wraps_the_first_blocks_with_plain_gpm(tmp_path, tiny_checkpoint):
     """InfLoRA-b5 as options: branches in the first blocks only, GPM memory (no complement)."""
-    from pipeline.state import RunDir
+    from pipeline.running.state import RunDir
     from safetensors.torch import load_file
 
     cfg = config_from_dict(

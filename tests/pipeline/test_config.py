@@ -137,6 +137,6 @@ def test_shipped_configs_parse():
 )
 def test_warm_workers_match_the_stages_that_fit_at_once(available, resources, expected):
     from pipeline.config import ResourcesConfig
-    from pipeline.scheduler import concurrent_stages
+    from pipeline.running.scheduler import concurrent_stages
 
     assert concurrent_stages(available, ResourcesConfig(**resources)) == expected

@@ -16,9 +16,9 @@ def test_asha_stops_the_bad_trial_and_seeds_are_averaged(tiny_sweep):  # noqa: F
     from mlflow import MlflowClient
     from optuna.trial import TrialState
 
-    from pipeline.runner import make_specs
-    from pipeline.stages import read_result
-    from pipeline.state import RunDir, StageKey
+    from pipeline.running.runner import make_specs
+    from pipeline.running.stages import read_result
+    from pipeline.running.state import RunDir, StageKey
     from sweeps.trial import validation_objective
     from sweeps.tuner import open_study, run_sweep
 

@@ -6,7 +6,7 @@ import pytest
 from sweep_fixtures import tiny_sweep_dict
 
 from model.methods import StepResult
-from pipeline.state import StageKey
+from pipeline.running.state import StageKey
 from sweeps.trial import (
     REPORTED_KEYS,
     SessionOrderExecutor,
@@ -72,7 +72,7 @@ def test_reporter_does_not_report_again_what_a_restarted_trial_reported():
 
 
 def test_session_order_executor_runs_the_seeds_task_by_task():
-    from pipeline.stages import RunSpec
+    from pipeline.running.stages import RunSpec
 
     executor = SessionOrderExecutor()
     specs = [RunSpec(None, seed, f"/nowhere/{seed}") for seed in (0, 1)]  # type: ignore[arg-type]

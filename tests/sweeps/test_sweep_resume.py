@@ -32,7 +32,7 @@ def _stage_starts(run_dir: Path) -> Counter:
 
 
 def _is_done(run_dir: Path, stage: str) -> bool:
-    from pipeline.state import RunDir, StageKey
+    from pipeline.running.state import RunDir, StageKey
 
     key = StageKey.split() if stage == "split" else StageKey(int(stage[8:11]), stage.split("/")[1])
     return RunDir(run_dir).is_done(key)
@@ -42,7 +42,7 @@ def _state(sweep) -> tuple[list[str], dict[str, int]]:
     """(trials the Optuna study records complete, {unfinished trial: eval stages done})."""
     from optuna.trial import TrialState
 
-    from pipeline.state import RunDir, StageKey
+    from pipeline.running.state import RunDir, StageKey
     from sweeps.tuner import TUNE_TRIAL_ATTR, open_study
 
     study = open_study(sweep)

@@ -72,7 +72,7 @@ def test_wrong_layouts(tmp_path, image_folder_split_root):
 
 def test_two_task_run_on_an_image_folder(tmp_path, tiny_config):
     """End to end: 2 tasks of 2 classes of grayscale 8×8 images on the tiny 1-channel backbone."""
-    from pipeline.runner import execute, make_specs
+    from pipeline.running.runner import execute, make_specs
 
     root = tmp_path / "images"
     write_class_folders(root, ["c0", "c1", "c2", "c3"], per_class=10, suffix=".png")

@@ -10,7 +10,7 @@ from data_fixtures import WNIDS, cifar_root, domainnet_root, imagenet_r_root, wr
 from pipeline.config import load_config
 from pipeline.data import load_dataset
 from pipeline.data.transforms import resolve_normalization
-from pipeline.report import published_figures
+from pipeline.reporting.report import published_figures
 
 PAPER_DIR = Path(__file__).resolve().parents[3] / "configs" / "paper"
 CELLS = ["imagenet_r_5", "imagenet_r_10", "imagenet_r_20", "cifar100_10", "domainnet_5"]

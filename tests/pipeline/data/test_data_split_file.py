@@ -156,8 +156,8 @@ def test_split_seed_shares_one_split_across_run_seeds(imagenet_r_root):
 
 def test_split_stage_records_the_protocol(imagenet_r_root, tmp_path):
     """The split stage writes the protocol into ``split.json`` and into its result (what MLflow gets)."""
-    from pipeline.stages import RunSpec, init_run_dir, run_stage
-    from pipeline.state import StageKey
+    from pipeline.running.stages import RunSpec, init_run_dir, run_stage
+    from pipeline.running.state import StageKey
 
     train, train_y, test, test_y = _listed(imagenet_r_root)
     tr = _write_yaml(tmp_path / "train.yaml", train, train_y)

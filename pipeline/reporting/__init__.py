@@ -1,0 +1,1 @@
+"""Reading results back: continual-learning metrics, run results, report tables and figures."""

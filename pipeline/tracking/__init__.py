@@ -1,0 +1,1 @@
+"""MLflow tracking: the tracker, its outage guard, metric names, system metrics and the store."""
