@@ -311,6 +311,16 @@ RANPAC_CONFIGS = {  # config → (InfLoRA base config whose protocol it shares o
     "cifar100_10_ranpac": ("cifar100_10", "vit_base_patch16_224.augreg_in21k"),
     "cub_10_ranpac": ("cub_10", "vit_base_patch16_224.augreg_in21k_ft_in1k"),
     "cifar100_10_ranpac_official": (None, "vit_base_patch16_224.augreg_in21k"),
+    "imagenet_r_10_ranpac_official": (None, "vit_base_patch16_224.augreg_in21k_ft_in1k"),
+    "cub_10_ranpac_official": (None, "vit_base_patch16_224.augreg_in21k_ft_in1k"),
+}
+# RanPAC's own protocols (args/<dataset>_publish.csv row 7 dataset, init_cls = increment, convnet_type; utils/data.py:
+# the class count, pre-split ./data/<dataset>/{train,test}/ folders except CIFAR-100's official split; build_transform:
+# RandomResizedCrop scale (0.05, 1.0), test Resize(BICUBIC); paper_tables/Table_data_main_<dataset>.csv "Algorithm 1").
+RANPAC_OWN = {
+    "cifar100_10_ranpac_official": dict(data="cifar100", classes=100, increment=10, split_folders=False, final="92.2"),
+    "imagenet_r_10_ranpac_official": dict(data="imagenet_r", classes=200, increment=20, split_folders=True, final="77.9"),
+    "cub_10_ranpac_official": dict(data="cub", classes=200, increment=20, split_folders=True, final="90.3"),
 }
 
 
@@ -337,12 +347,28 @@ def test_ranpac_configs_follow_the_official_args(name):
         base = load_config(PAPER_DIR / f"{base_name}.yaml")
         assert (cfg.name, cfg.seeds, cfg.data) == (base.name, base.seeds, base.data)
     else:  # RanPAC's own protocol: utils/data_manager.py shuffles the classes with np.random.seed(1993)
+        own = RANPAC_OWN[name]
         np.random.seed(RANPAC_ARGS["seed"])
-        assert cfg.data.class_order == np.random.permutation(100).tolist()
-        assert (cfg.data.name, cfg.data.num_tasks, cfg.data.image_size) == ("cifar100", 10, 224)
+        d = cfg.data
+        assert cfg.name == name and d.class_order == np.random.permutation(own["classes"]).tolist()
+        assert (d.name, d.num_tasks * own["increment"], d.image_size) == (own["data"], own["classes"], 224)
+        assert d.split_seed is None and d.split_file is None
+        folders = {"split_folders": True} if own["split_folders"] else {}
+        assert d.options == {**folders, "crop_scale": [0.05, 1.0], "test_interpolation": "bicubic"}
         from model.methods.ranpac import RanPAC
 
-        assert [f.final for f in RanPAC.published if f.protocol == name] == ["92.2"]
+        assert [f.final for f in RanPAC.published if f.protocol == name] == [own["final"]]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in PAPER_DIR.glob("*_official.yaml")))
+def test_own_protocol_configs_pass_the_preflight_config_checks(name, tmp_path):
+    from pipeline.config import updated
+    from pipeline.preflight import check_config
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "placeholder").touch()  # check_paths refuses an empty data.root
+    cfg = updated(load_config(PAPER_DIR / f"{name}.yaml"), {"data.root": str(tmp_path / "data"), "output_dir": str(tmp_path / "runs")})
+    check_config(cfg)  # the backbone's shape (meta device) against image size, rank and blocks; class counts; paths
 
 
 @pytest.mark.parametrize("name", sorted(DERIVED))

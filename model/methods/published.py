@@ -62,6 +62,10 @@ class PublishedFigure:
         text = getattr(self, which).split("±")[0].split("(")[0].strip()
         return math.nan if text == "n/a" else float(text)
 
+    def means(self) -> str:
+        """``"final / average"`` means with two decimals for a table cell (``n/a`` where none is published)."""
+        return " / ".join("n/a" if math.isnan(v) else f"{v:.2f}" for v in (self.value("final"), self.value("average")))
+
 
 def figures_of(published: Iterable[PublishedFigure] | Mapping[str, Mapping[str, str]], cell_of) -> list[PublishedFigure]:
     """A method's declared figures as :class:`PublishedFigure` (either declaration form).

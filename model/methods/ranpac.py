@@ -203,8 +203,9 @@ class RanPAC(ContinualMethod):
     config: RanPACConfig
     # RanPAC/RanPAC paper_tables/Table_data_main_<dataset>.csv, row "Algorithm 1": final accuracy (%), one run;
     # no average accuracy is published. Their protocol is RanPAC's own: classes shuffled with numpy seed 1993,
-    # AdaptFormer (CIFAR-100, CUB) or SSF (ImageNet-R) Phase 1, ViT-B/16 in21k (CIFAR-100) or in21k+in1k, M = 10000.
-    # Only the CIFAR-100 one has a config here (the others say which protocol they belong to).
+    # AdaptFormer (CIFAR-100, CUB) or SSF (ImageNet-R) Phase 1, ViT-B/16 in21k (CIFAR-100) or in21k+in1k, M = 10000,
+    # RandomResizedCrop scale (0.05, 1), bicubic test resize, the pre-split train/test folders (ImageNet-R, CUB):
+    # configs/paper/<cell>_ranpac_official.yaml.
     published = (
         PublishedFigure("cifar100", 10, "92.2", "n/a", RANPAC_TABLES, protocol="cifar100_10_ranpac_official"),
         PublishedFigure("imagenet_r", 10, "77.9", "n/a", RANPAC_TABLES, protocol="imagenet_r_10_ranpac_official"),

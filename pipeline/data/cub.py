@@ -20,6 +20,10 @@ Read in either layout a user may have:
 Labels are the class ids minus one (the archive) or the sorted class folders
 (the pre-split copy); both order ``001.Black_footed_Albatross`` … ``200.Common_Yellowthroat``
 the same way.
+
+``data.options.split_folders: true`` requires the pre-split copy and refuses the archive:
+RanPAC's protocol (``utils/data.py`` ``CUB``: ``ImageFolder`` on ``./data/cub/{train,test}/``,
+the RevisitingCIL preparation) reads those folders; their split is not checked against the archive's.
 """
 
 from __future__ import annotations
@@ -108,13 +112,14 @@ def _load_archive(cfg: "DataConfig", normalization: Normalization, folder: Path)
 
 @register_dataset("cub")
 def load_cub(cfg: "DataConfig", normalization: Normalization = None) -> DataSource:
-    """CUB-200-2011 from ``data.root``: the archive with its official split, or a pre-split copy."""
-    check_options(cfg.name, cfg.options)
+    """CUB-200-2011 from ``data.root``: the archive with its official split, or a pre-split copy
+    (the only layout ``data.options.split_folders: true`` accepts)."""
+    check_options(cfg.name, cfg.options, ("split_folders",))
     root = require_root(cfg, LAYOUT)
-    archive = _archive_folder(root)
+    archive = None if cfg.options.get("split_folders") else _archive_folder(root)
     if archive is not None:
         return _load_archive(cfg, normalization, archive)
     presplit = root / "cub" if (root / "cub").is_dir() else root
-    if not ((presplit / "train").is_dir() and (presplit / "test").is_dir()):
+    if not ((presplit / "train").is_dir() and (presplit / "test").is_dir()) and not cfg.options.get("split_folders"):
         raise DatasetError(f"no CUB-200-2011 in {root}: neither {root / ARCHIVE}/images.txt nor {presplit}/train and test/; expected {LAYOUT}")
-    return load_class_folder_set(cfg, normalization, "cub", LAYOUT, CUB_CLASSES, "CUB-200")
+    return load_class_folder_set(cfg, normalization, "cub", LAYOUT, CUB_CLASSES, "CUB-200")  # refuses split_folders without the copy

@@ -270,7 +270,7 @@ def load_class_folder_set(
     presplit = (folder / "train").is_dir() and (folder / "test").is_dir()
     if cfg.options.get("split_folders") and not presplit:
         raise DatasetError(
-            f"data.options.split_folders: true needs the pre-split copy {folder / 'train'}/<wnid>/ and {folder / 'test'}/<wnid>/; "
+            f"data.options.split_folders: true needs the pre-split copy {folder / 'train'}/<class>/ and {folder / 'test'}/<class>/; "
             f"{folder} has no train/ and test/ folders"
         )
     train_files, train_targets, classes, test = scan_pools(folder, layout, presplit)

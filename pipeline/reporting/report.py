@@ -338,7 +338,7 @@ def summary_table(runs: pd.DataFrame, paper: bool = True, wide: bool = False) ->
                 row[_HEADERS[name]] = _mean_std(group[name]) if name in _METRICS else f"{group[name].mean():.4g}"
         if paper:
             matched = [m.figure for m in found if m.matches]
-            row["published"] = f"{matched[0].value('final'):.2f} / {matched[0].value('average'):.2f}" if matched else "—"
+            row["published"] = matched[0].means() if matched else "—"
         rows.append(row)
     table = pd.DataFrame(rows)
     return table.drop(columns=[c for c in table if (table[c] == "—").all()]) if not table.empty else table

@@ -49,3 +49,16 @@ def test_missing_files_are_named(tmp_path):
     (tmp_path / "other").mkdir()
     with pytest.raises(DatasetError, match=r"no CUB-200-2011 in .*other: neither"):
         load_dataset(_cfg(tmp_path / "other"))
+
+
+def test_split_folders_reads_the_pre_split_copy_only(tmp_path):
+    # RanPAC's protocol (cub_10_ranpac_official) reads ./data/cub/{train,test}/, never the archive's split
+    write_cub_archive(tmp_path / "CUB_200_2011")
+    with pytest.raises(DatasetError, match=r"split_folders: true needs the pre-split copy .*/train/<class>/ and .*/test/<class>/; .* has no train/ and test/"):
+        load_dataset(_cfg(tmp_path, options={"split_folders": True}))
+    write_class_folders(tmp_path / "cub" / "train", CUB_CLASSES, per_class=2)
+    write_class_folders(tmp_path / "cub" / "test", CUB_CLASSES, per_class=1, seed=1)
+    assert len(load_dataset(_cfg(tmp_path)).train) == 6  # both layouts present: the archive wins by default
+    source = load_dataset(_cfg(tmp_path, options={"split_folders": True}))
+    assert source.class_names == CUB_CLASSES and len(source.train) == 6 and len(source.test) == 3
+    assert all("CUB_200_2011" not in os.fsdecode(f) for f in source.train.files)

@@ -111,6 +111,26 @@ def test_a_published_figure_prints_only_beside_runs_of_its_protocol(store):
     assert any("77.34" in n and "same protocol" in n for n in notes)
 
 
+def test_ranpac_and_cl_lora_figures_print_beside_their_own_protocols_only(store):
+    _log(store, PAPER / "imagenet_r_10_ranpac_official.yaml", 0, 0.78)  # RanPAC's own ImageNet-R protocol
+    _log(store, PAPER / "cub_10_ranpac_official.yaml", 0, 0.90)  # RanPAC's own CUB protocol
+    _log(store, PAPER / "imagenet_r_10_ranpac.yaml", 0, 0.72)  # RanPAC on InfLoRA's protocol
+    _log(store, PAPER / "cub_10_ranpac.yaml", 0, 0.85)  # RanPAC on cub_10's protocol
+    _log(store, PAPER / "imagenet_r_40_cl_lora_official.yaml", 0, 0.74)  # CL-LoRA's own protocol
+    _log(store, PAPER / "imagenet_r_40_cl_lora_official.yaml", 0, 0.60, ["data.class_order=fixed"])
+    runs = runs_table(tracking_uri=store[0])
+    table = summary_table(runs).set_index(["method", "final"])["published"]
+    assert table[("ranpac", "78.00")] == "77.90 / n/a" and table[("ranpac", "90.00")] == "90.30 / n/a"
+    assert table[("ranpac", "72.00")] == table[("ranpac", "85.00")] == "—"
+    assert table[("cl_lora", "74.00")] == "74.51 / n/a" and table[("cl_lora", "60.00")] == "—"
+    notes = summary_notes(runs)
+    for figure, protocol in (("77.9", "imagenet_r_10_ranpac_official"), ("90.3", "cub_10_ranpac_official")):
+        assert any(f"{figure} / n/a: left out, it belongs to protocol {protocol}" in n and "data.class_order" in n
+                   and "data.options.split_folders" in n for n in notes), notes  # fmt: skip
+    assert any("(secondary copy) 74.51" in n and "left out" in n and "data.class_order fixed" in n for n in notes)
+    assert any("(secondary copy) 74.51" in n and "same protocol (imagenet_r_40_cl_lora_official)" in n for n in notes)
+
+
 def _matches_of(runs, final: str):
     """The figure checks of the group whose final accuracy prints as ``final``."""
     from pipeline.reporting.report import _matches
