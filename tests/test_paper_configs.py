@@ -363,7 +363,7 @@ def test_ranpac_configs_follow_the_official_args(name):
 @pytest.mark.parametrize("name", sorted(p.stem for p in PAPER_DIR.glob("*_official.yaml")))
 def test_own_protocol_configs_pass_the_preflight_config_checks(name, tmp_path):
     from pipeline.config import updated
-    from pipeline.preflight import check_config
+    from pipeline.running.preflight import check_config
 
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "placeholder").touch()  # check_paths refuses an empty data.root
