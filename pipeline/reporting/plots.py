@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-__all__ = ["accuracy_heatmap", "metric_curves", "figure_pixels"]
+__all__ = ["accuracy_bars", "accuracy_heatmap", "metric_curves", "figure_pixels"]
 
 
 def accuracy_heatmap(matrix: pd.DataFrame, title: str) -> Figure:
@@ -45,6 +45,34 @@ def metric_curves(curves: dict[str, list[float]], title: str) -> Figure:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_bars(stats: pd.DataFrame, title: str) -> Figure:
+    """Final and average accuracy per group as bars with the seed std as error bars, and the
+    published figures (``published_final``/``published_average``, NaN where none) as marked points.
+
+    ``stats`` has one row per group: ``label``, ``final_mean``, ``final_std``, ``average_mean``,
+    ``average_std``, ``published_final``, ``published_average`` (accuracies in %)."""
+    labels = list(stats["label"])
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(labels) + 1.5), 3.6))
+    width = 0.38
+    x = np.arange(len(labels))
+    for offset, name in ((-width / 2, "final"), (width / 2, "average")):
+        ax.bar(x + offset, stats[f"{name}_mean"], width, yerr=stats[f"{name}_std"], capsize=3, label=name)
+    for offset, name, marker in ((-width / 2, "final", "*"), (width / 2, "average", "D")):
+        published = stats[f"published_{name}"].to_numpy(dtype=float)
+        shown = ~np.isnan(published)
+        if shown.any():
+            ax.scatter(x[shown] + offset, published[shown], marker=marker, color="black", zorder=3, s=40,
+                       label=f"published {name} (same protocol)")  # fmt: skip
+    wide = len(labels) > 4
+    ax.set_xticks(list(x), labels, rotation=30 if wide else 0, ha="right" if wide else "center")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 

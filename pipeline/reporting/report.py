@@ -43,6 +43,7 @@ __all__ = [
     "summary_table",
     "summary_notes",
     "comparison_figure",
+    "comparison_stats",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -369,31 +370,28 @@ def summary_notes(runs: pd.DataFrame, paper: bool = True) -> list[str]:
     return lines
 
 
+def comparison_stats(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per group: the label, final and average accuracy (mean and seed std, in %), and the
+    published figure whose protocol the group follows (NaN where none does)."""
+    rows = []
+    for label, method, group, found in _matches(runs):
+        matched = next((m.figure for m in found if m.matches), None)
+        row = {"config": label, "method": method}
+        for name, column in (("final", "final_acc"), ("average", "avg_acc")):
+            values = group[column]
+            row[f"{name}_mean"] = values.mean()
+            row[f"{name}_std"] = values.std(ddof=1) if values.count() > 1 else 0.0
+            row[f"published_{name}"] = matched.value(name) if matched is not None else float("nan")
+        rows.append(row)
+    stats = pd.DataFrame(rows)
+    several = stats["config"].nunique() > 1
+    stats["label"] = [f"{c}\n{m}" if several else m for c, m in zip(stats["config"], stats["method"])]
+    return stats
+
+
 def comparison_figure(runs: pd.DataFrame, title: str = "final and average accuracy (mean ± std over seeds)"):
     """Bar chart of final and average accuracy per group, the seed std as error bars, and the
     published figures whose protocol the group follows as marked points."""
-    from .plots import plt
+    from .plots import accuracy_bars
 
-    stats = []
-    for label, method, group, found in _matches(runs):
-        matched = next((m.figure for m in found if m.matches), None)
-        stats.append((label, method, group["final_acc"], group["avg_acc"], matched))
-    labels = [f"{c}\n{m}" if len({s[0] for s in stats}) > 1 else m for c, m, *_ in stats]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(labels) + 1.5), 3.6))
-    width = 0.38
-    for offset, i, name in ((-width / 2, 2, "final"), (width / 2, 3, "average")):
-        means = [s[i].mean() for s in stats]
-        stds = [s[i].std(ddof=1) if s[i].count() > 1 else 0.0 for s in stats]
-        ax.bar([x + offset for x in range(len(stats))], means, width, yerr=stds, capsize=3, label=name)
-    points = [(x, s[4]) for x, s in enumerate(stats) if s[4] is not None]
-    for offset, which, marker in ((-width / 2, "final", "*"), (width / 2, "average", "D")):
-        if points:
-            ax.scatter([x + offset for x, _ in points], [f.value(which) for _, f in points], marker=marker, color="black",
-                       zorder=3, s=40, label=f"published {which} (same protocol)")  # fmt: skip
-    ax.set_xticks(list(range(len(labels))), labels, rotation=30 if len(labels) > 4 else 0, ha="right" if len(labels) > 4 else "center")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    return accuracy_bars(comparison_stats(runs), title)
