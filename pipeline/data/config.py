@@ -81,6 +81,12 @@ class DataConfig(Settings):
         if self.pipeline == "pil":  # runs from before the device path keep their result keys
             view.pop("pipeline")
             view.pop("cache_max_side")
+            if self.num_workers:
+                # The PIL path's random transforms are drawn by the loader's workers, each from
+                # its own seed (base + worker id), batches dealt round robin: N workers draw other
+                # crops than M. So N > 0 keys its results (0, the default, keeps the old keys);
+                # the device path seeds its crops per batch and never depends on it.
+                view["num_workers"] = self.num_workers
         return view
 
     @field_validator("name")

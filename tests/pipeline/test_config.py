@@ -91,8 +91,18 @@ def test_result_key_ignores_seeds_paths_and_resources():
 def test_result_key_holds_only_the_selected_methods_settings():
     frozen = config_from_dict({"method": {"name": "frozen"}})
     assert frozen.result_key() == updated(frozen, {"method.inflora.rank": 4, "method.sd_lora.rank": 3}).result_key()
-    assert frozen.result_key() == updated(frozen, {"data.num_workers": 4, "tracking.enabled": False}).result_key()
+    assert frozen.result_key() == updated(frozen, {"tracking.enabled": False}).result_key()
     assert frozen.result_key() != updated(frozen, {"train.lr": 1e-3}).result_key()
+
+
+def test_num_workers_keys_results_only_where_the_workers_draw_the_transforms():
+    """PIL path: each loader worker draws the random transforms from its own seed, so 0, 2 and 4
+    workers give three results; the device path seeds per batch, so it never depends on them."""
+    pil = config_from_dict({})
+    keys = {updated(pil, {"data.num_workers": n}).result_key() for n in (0, 2, 4)}
+    assert len(keys) == 3 and pil.result_key() in keys
+    device = updated(pil, {"data.pipeline": "device"})
+    assert device.result_key() == updated(device, {"data.num_workers": 4}).result_key()
 
 
 def test_updated_validates_once_and_names_the_key():
