@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.services import metric_counts, mlflow_server, postgres, ray_head, replay_to_sqlite  # noqa: E402
-from pipeline.config import apply_overrides, config_to_dict, load_config, read_yaml_mapping  # noqa: E402
+from pipeline.config import config_to_dict, load_config  # noqa: E402
 
 EXPERIMENT = "load"
 

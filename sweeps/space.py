@@ -24,7 +24,6 @@ Every problem is a :class:`pipeline.config.ConfigError` naming the key
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any

@@ -189,7 +189,6 @@ def shared_cls_differentiable(net: CLLoRAViT, images: torch.Tensor, ups: dict) -
     """``forward_general_cls`` of the student with the shared ups as autograd leaves (timm blocks, weights merged)."""
     plain = copy.deepcopy(net.backbone)
     d = 16
-    rows = {"q": slice(0, d), "v": slice(2 * d, 3 * d)}
     h = plain.norm_pre(plain.patch_drop(plain._pos_embed(plain.patch_embed(images))))
     for b in net.shared_blocks:
         layer = net.layer(b)

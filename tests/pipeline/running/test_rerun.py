@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from conftest import tiny_config_dict
 
-from pipeline.running import stages
 from pipeline.cli import main
 from pipeline.config import config_from_dict
 from pipeline.running.runner import make_specs
