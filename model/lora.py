@@ -22,13 +22,14 @@ ones run as one concatenated low-rank product per target.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .lora_constants import REFERENCE_DOWN_SCALE, TARGETS, check_targets
 
 __all__ = [
     "REFERENCE_DOWN_SCALE",
@@ -42,21 +43,6 @@ __all__ = [
     "branch_name",
     "check_targets",
 ]
-
-# The official code stores the designed down-projection divided by √3
-# (``U[:, :r].T / math.sqrt(3)``); the published learning rates were tuned with it.
-REFERENCE_DOWN_SCALE = 1.0 / math.sqrt(3.0)
-
-TARGETS = ("q", "k", "v")
-"""Row blocks of timm's fused ``qkv`` output, in storage order."""
-
-
-def check_targets(targets: Sequence[str]) -> tuple[str, ...]:
-    """``targets`` as a tuple in q, k, v order; raises on unknown or repeated names."""
-    unknown = [t for t in targets if t not in TARGETS]
-    if unknown or not targets or len(set(targets)) != len(targets):
-        raise ValueError(f"LoRA targets must be distinct names among {list(TARGETS)}, got {list(targets)}")
-    return tuple(t for t in TARGETS if t in targets)
 
 
 def branch_name(task: int) -> str:

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError, create_model, field_validator, 
 
 from model.methods import LoRAConfig, MethodConfig, available_methods, method_config_class
 from model.settings import Settings, result_payload, setting
-from model.training import TrainSpec
+from model.train_spec import TrainSpec
 
 from .data.config import DataConfig
 

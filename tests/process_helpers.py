@@ -27,3 +27,21 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
+
+
+HEAVY_MODULES = ("torch", "timm", "ray", "mlflow")
+"""What validating a config or reading results must not import (seconds each)."""
+
+
+def heavy_imports_of(code: str, cwd: str | None = None) -> list[str]:
+    """The modules of :data:`HEAVY_MODULES` that running ``code`` in a fresh interpreter imports.
+
+    A fresh process, because the test process has imported them all already.
+    """
+    import json
+    import sys
+
+    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=cwd, capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])

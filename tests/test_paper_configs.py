@@ -355,9 +355,9 @@ def test_ranpac_configs_follow_the_official_args(name):
         assert d.split_seed is None and d.split_file is None
         folders = {"split_folders": True} if own["split_folders"] else {}
         assert d.options == {**folders, "crop_scale": [0.05, 1.0], "test_interpolation": "bicubic"}
-        from model.methods.ranpac import RanPAC
+        from model.methods import declaration
 
-        assert [f.final for f in RanPAC.published if f.protocol == name] == [own["final"]]
+        assert [f.final for f in declaration("ranpac").published if f.protocol == name] == [own["final"]]
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in PAPER_DIR.glob("*_official.yaml")))

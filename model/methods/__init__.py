@@ -1,37 +1,34 @@
-"""Continual methods by name. Adding a method is one file: subclass
-:class:`~model.methods.base.ContinualMethod` with its config dataclass and its
-steps, decorate it with :func:`register_method`, and import the module here."""
+"""Continual methods by name.
+
+Adding a method is two files, as peft keeps a tuner's config apart from its model:
+its settings in ``config/<name>.py`` (:func:`~model.methods.config.declare_method`:
+name, settings, published figures; no torch) and its model code in ``<name>.py``
+(a :class:`~model.methods.base.ContinualMethod` subclass with its steps, decorated
+with :func:`register_method`), imported when the method is first built.
+
+The names below load on first use (:mod:`model._lazy`): ``from model.methods.results
+import StepResult`` or :func:`method_config_class` import no torch.
+"""
 
 from __future__ import annotations
 
-from .base import ContinualMethod, MemoryBank, Step, default_steps, head_name
-from .config import LoRAConfig, MethodConfig, ScaledLoRAConfig, Searchable, setting
-from .context import StepContext
-from .published import PublishedFigure
-from .registry import available_methods, create_method, get_method_class, method_config_class, register_method
-from .results import EvalRow, StepResult
+from typing import TYPE_CHECKING
 
-# Importing registers the built-in methods.
-from . import cl_lora, coda_prompt, dualprompt, frozen, inflora, inflora_ca, joint, l2p, lora_minus, ranpac, sd_lora, seq_lora  # noqa: E402,F401  isort: skip
+from .._lazy import lazy_exports
 
-__all__ = [
-    "ContinualMethod",
-    "EvalRow",
-    "LoRAConfig",
-    "MemoryBank",
-    "MethodConfig",
-    "PublishedFigure",
-    "ScaledLoRAConfig",
-    "Searchable",
-    "Step",
-    "StepContext",
-    "StepResult",
-    "available_methods",
-    "create_method",
-    "default_steps",
-    "get_method_class",
-    "head_name",
-    "method_config_class",
-    "register_method",
-    "setting",
-]
+if TYPE_CHECKING:
+    from .base import ContinualMethod, MemoryBank, Step, default_steps, head_name
+    from .config import LoRAConfig, MethodConfig, ScaledLoRAConfig, Searchable, setting
+    from .context import StepContext
+    from .published import PublishedFigure
+    from .registry import available_methods, create_method, declaration, get_method_class, method_config_class, register_method
+    from .results import EvalRow, StepResult
+
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    ".base": ("ContinualMethod", "MemoryBank", "Step", "default_steps", "head_name"),
+    ".config": ("LoRAConfig", "MethodConfig", "ScaledLoRAConfig", "Searchable", "setting"),
+    ".context": ("StepContext",),
+    ".published": ("PublishedFigure",),
+    ".registry": ("available_methods", "create_method", "declaration", "get_method_class", "method_config_class", "register_method"),
+    ".results": ("EvalRow", "StepResult"),
+})  # fmt: skip

@@ -39,7 +39,6 @@ from .results import EvalRow, StepResult
 
 if TYPE_CHECKING:
     from .context import StepContext
-    from .published import PublishedFigure
 
 __all__ = ["Step", "ContinualMethod", "MemoryBank", "head_name", "default_steps"]
 
@@ -102,18 +101,16 @@ def default_steps() -> list[Step]:
 class ContinualMethod(ABC):
     """Base class of a continual method; subclasses register with :func:`model.methods.register_method`.
 
+    A method's name, settings and published figures are declared apart, without
+    torch (``model/methods/config/<name>.py``); ``name`` and ``config_class``
+    repeat the first two, and registering checks that they agree.
+
     Args:
         config: the method's own settings (an instance of ``config_class``).
     """
 
     name: ClassVar[str]
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
-    published: ClassVar[tuple[PublishedFigure, ...] | dict[str, dict[str, str]]] = ()
-    """The method's published final/average accuracy (%), each a
-    :class:`~model.methods.published.PublishedFigure` with the protocol it was measured under
-    (a ``configs/paper/`` config); ``inflora report`` prints one only beside runs that follow
-    its protocol. The older ``{"<paper config name>": {"paper_final": ..., "paper_average": ...}}``
-    is read too. Only figures checked against their source."""
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         config = self.config_class() if config is None else config

@@ -15,15 +15,11 @@ from torch import Tensor, nn
 
 from ..net import ContinualViT
 from .base import ContinualMethod, head_name
-from .config import MethodConfig
+from .config.frozen import FrozenConfig
 from .registry import register_method
 
 if TYPE_CHECKING:
     from .context import StepContext
-
-
-class FrozenConfig(MethodConfig):
-    """The frozen control has no settings."""
 
 
 @register_method

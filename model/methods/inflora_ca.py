@@ -17,8 +17,8 @@ from torch import Tensor
 from ..alignment import AlignSpec, align_heads, class_feature_stats
 from ..net import ContinualViT
 from .base import Step
-from .config import setting
-from .inflora import InfLoRA, InfLoRAConfig
+from .config.inflora_ca import InfLoRACAConfig
+from .inflora import InfLoRA
 from .registry import register_method
 from .results import StepResult
 
@@ -28,16 +28,6 @@ if TYPE_CHECKING:
 __all__ = ["InfLoRACA", "InfLoRACAConfig"]
 
 
-class InfLoRACAConfig(InfLoRAConfig):
-    """Settings of InfLoRA+CA; the reference's alignment defaults."""
-
-    dual_memory: bool = setting(False, "the reference pairs CA with plain GPM (update_GPM)")
-    ca_epochs: int = setting(5, "epochs of head re-training on sampled features", ge=1)
-    ca_lr: float = setting(0.01, "SGD learning rate of the alignment", gt=0)
-    ca_samples_per_class: int = setting(256, "features sampled per class and epoch", ge=2)
-    ca_logit_norm: float | None = setting(0.1, "per-task logit normalisation temperature (reference: none on CIFAR-100)", gt=0)
-
-
 @register_method
 class InfLoRACA(InfLoRA):
     """InfLoRA + classifier alignment on sampled features."""
@@ -45,7 +35,6 @@ class InfLoRACA(InfLoRA):
     name = "inflora_ca"
     config_class = InfLoRACAConfig
     config: InfLoRACAConfig
-    published = ()  # not InfLoRA's figures
 
     def steps(self) -> list[Step]:
         design, train, update, evaluate = super().steps()

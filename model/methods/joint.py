@@ -15,16 +15,12 @@ from torch import Tensor
 from ..net import ContinualViT
 from ..subspace import design_down_projection
 from ..training import collect_covariances
-from .config import ScaledLoRAConfig
+from .config.joint import JointConfig
 from .lora_family import LoRAMethod
 from .registry import register_method
 
 if TYPE_CHECKING:
     from .context import StepContext
-
-
-class JointConfig(ScaledLoRAConfig):
-    """Joint training has no settings besides its LoRA branch (the same budget as InfLoRA's)."""
 
 
 @register_method

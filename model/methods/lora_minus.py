@@ -52,10 +52,9 @@ from ..lora import FactorBranch, LoRAQKV, check_targets
 from ..net import ContinualViT
 from ..training import TrainingHooks, collect_covariances
 from .base import Step, head_name
-from .config import THRESHOLD, LoRAConfig, setting
+from .config.lora_minus import LoRAMinusConfig
 from .lora_family import LoRAMethod
 from .prototypes import PrototypeSteps, PrototypeViT
-from .published import PublishedFigure
 from .registry import register_method
 
 if TYPE_CHECKING:
@@ -70,16 +69,6 @@ __all__ = [
     "projector",
     "augmented_triplet_loss",
 ]
-
-
-class LoRAMinusConfig(LoRAConfig):
-    """Settings of LoRA⁻: its branches (rank, blocks; no designed down-projection, so no scale) and its losses."""
-
-    threshold: float = setting(0.99, "energy the drift-resistant space keeps (official 'thres' 0.99)", search=True, **THRESHOLD)
-    triplet_weight: float = setting(0.2, "weight of the augmented triplet loss (official 'lambada': 0.2 ImageNet-R, 0.05 CIFAR-100)",
-                                    search=True, ge=0.0)
-    triplet_margin: float = setting(2.0, "margin of the augmented triplet loss (official 'margin_inter': 2.0 ImageNet-R, 1.0 CIFAR-100)",
-                                    search=True, ge=0.0)
 
 
 @torch.no_grad()
@@ -200,7 +189,6 @@ class _DriftResistantHooks(TrainingHooks):
             p.copy_(before + (proj @ step if left else step @ proj))
 
 
-_LIBCONTINUAL = "LoRA⁻ paper as reported in RL-VIG/LibContinual reproduce/lora_sub_drs/README.md"
 
 
 @register_method
@@ -210,13 +198,6 @@ class LoRAMinus(PrototypeSteps, LoRAMethod):
     name = "lora_minus"
     config_class = LoRAMinusConfig
     config: LoRAMinusConfig  # type: ignore[assignment]
-    # Liu & Chang, CVPR 2025, on InfLoRA's protocol (ViT-B/16 in21k, label order, the 80/20 ImageNet-R split:
-    # LoRA-Sub-DRS's utils/data.py is InfLoRA's). Read from RL-VIG/LibContinual reproduce/lora_sub_drs/README.md
-    # ("Reported Accuracy"), not from the paper's own table: marked secondary.
-    published = (
-        PublishedFigure("imagenet_r", 10, "74.74", "80.35", _LIBCONTINUAL, protocol="imagenet_r_10", secondary=True),
-        PublishedFigure("cifar100", 10, "89.14", "93.11", _LIBCONTINUAL, protocol="cifar100_10", secondary=True),
-    )
 
     def branch_name(self, session: int) -> str:
         return head_name(session)

@@ -9,7 +9,9 @@ itself when it runs that method; none: the figure never matches). ``inflora repo
 (``pipeline/reporting/report.py``) and prints a figure only beside runs that match, saying for
 the others which protocol the figure belongs to.
 
-Methods declare ``published`` as a tuple of :class:`PublishedFigure`. The older form,
+Methods declare their figures with their settings, without torch
+(``declare_method(name, published=(...))`` in ``model/methods/config/<name>.py``), as a
+tuple of :class:`PublishedFigure`. The older form,
 ``{"<paper config name>": {"paper_final": ..., "paper_average": ..., "paper_note": ...}}``,
 is still read (:func:`figures_of`): the config name is then the protocol.
 """
@@ -71,7 +73,7 @@ def figures_of(published: Iterable[PublishedFigure] | Mapping[str, Mapping[str, 
     """A method's declared figures as :class:`PublishedFigure` (either declaration form).
 
     Args:
-        published: the method's ``published``.
+        published: the method's declared figures (``declaration(name).published``).
         cell_of: ``config name -> (data.name, num_tasks)`` for the older form, whose
             keys name paper configs.
     """

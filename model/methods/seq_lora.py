@@ -13,18 +13,12 @@ from typing import TYPE_CHECKING
 from torch import Tensor
 
 from ..net import ContinualViT
-from .config import ScaledLoRAConfig, setting
+from .config.seq_lora import SeqLoRAConfig
 from .lora_family import LoRAMethod
 from .registry import register_method
 
 if TYPE_CHECKING:
     from .context import StepContext
-
-
-class SeqLoRAConfig(ScaledLoRAConfig):
-    """Settings of sequential LoRA: its branch, and whether its down-projection trains too."""
-
-    train_down: bool = setting(False, "also train the down-projection (plain LoRA)")
 
 
 @register_method

@@ -137,10 +137,10 @@ def _protocol_config(protocol: str, method: str | None) -> dict[str, str] | None
 
 
 def published_figures() -> dict[str, list[PublishedFigure]]:
-    """Every registered method's declared figures (``ContinualMethod.published``), by method."""
-    from model.methods import available_methods, get_method_class
+    """Every method's declared figures (``declare_method(..., published=...)``: no model code imported), by method."""
+    from model.methods.registry import available_methods, declaration
 
-    return {name: figures_of(get_method_class(name).published, _cell_of) for name in available_methods()}
+    return {name: figures_of(declaration(name).published, _cell_of) for name in available_methods()}
 
 
 def _normalised(params: Mapping[str, str], keys: tuple[str, ...]) -> dict[str, str]:
