@@ -2,7 +2,7 @@
 
 Nothing here knows about Ray, MLflow or the pipeline's run directories.
 
-The public names below load on first use (:mod:`model._lazy`), so that reading
+The public names below load on first use (:mod:`model.lazy`), so that reading
 settings or results (:mod:`model.settings`, :mod:`model.train_spec`,
 :mod:`model.methods.config`, :mod:`model.methods.results`) imports neither
 torch nor timm; ``from model import create_backbone`` works as before.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._lazy import lazy_exports
+from .lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .backbone import BackboneError, create_backbone, load_state_dict_file, save_backbone

@@ -42,6 +42,7 @@ __all__ = [
     "apply_overrides",
     "validate_section",
     "read_yaml_mapping",
+    "check_timm_name",
 ]
 
 
@@ -54,6 +55,16 @@ def similar_names(name: str, known: list[str], n: int = 6) -> list[str]:
     import difflib
 
     return difflib.get_close_matches(name, known, n=n, cutoff=0.75)
+
+
+def check_timm_name(backbone: "BackboneConfig") -> None:
+    """A :class:`ConfigError` naming ``backbone.name`` when timm has no such model (imports timm)."""
+    import timm
+
+    base = backbone.name.split(".")[0]
+    if not timm.is_model(base):
+        hint = similar_names(base, timm.list_models())
+        raise ConfigError(f"backbone.name: unknown timm model {backbone.name!r}" + (f"; similar names: {hint}" if hint else ""))
 
 
 # --------------------------------------------------------------------------- sections
@@ -98,13 +109,10 @@ class BackboneConfig(Settings):
     @field_validator("name")
     @classmethod
     def _timm_name(cls, name: str) -> str:
-        import timm
-
+        """Not empty; whether timm knows it is checked by the preflight, which imports timm
+        (:func:`check_timm_name`): validating a config imports no torch and no timm."""
         if not name:
             raise ValueError("must be a timm model name")
-        if not timm.is_model(name.split(".")[0]):
-            hint = similar_names(name.split(".")[0], timm.list_models())
-            raise ValueError(f"unknown timm model {name!r}" + (f"; similar names: {hint}" if hint else ""))
         return name
 
     @model_validator(mode="after")

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from model.settings import WIDTH, Searchable, searchable_fields
-from model.training import TrainSpec
+from model.train_spec import TrainSpec
 from pipeline.config import ConfigError, RunConfig
 from pipeline.running.preflight import architecture
 

@@ -6,7 +6,7 @@ name, settings, published figures; no torch) and its model code in ``<name>.py``
 (a :class:`~model.methods.base.ContinualMethod` subclass with its steps, decorated
 with :func:`register_method`), imported when the method is first built.
 
-The names below load on first use (:mod:`model._lazy`): ``from model.methods.results
+The names below load on first use (:mod:`model.lazy`): ``from model.methods.results
 import StepResult`` or :func:`method_config_class` import no torch.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .._lazy import lazy_exports
+from ..lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .base import ContinualMethod, MemoryBank, Step, default_steps, head_name

@@ -1,20 +1,23 @@
-"""Data sets behind one interface, the class-incremental split, and loaders."""
+"""Data sets behind one interface, the class-incremental split, and loaders.
 
-from .base import DataSource, DatasetError, available_datasets, load_dataset, register_dataset
-from .loaders import RelabeledSubset, make_loader
-from .split import Split, make_split
+The names below load on first use (:mod:`model.lazy`): a config's ``data`` section
+(:mod:`pipeline.data.config`) is validated without importing torch; each data set's
+loader module is imported when it is first loaded (:data:`pipeline.data.base.DATASETS`).
+"""
 
-# Importing registers the built-in data sets.
-from . import cifar100, cub, domainnet, image_folder, imagenet_a, imagenet_r, packaged  # noqa: E402,F401  isort: skip
+from __future__ import annotations
 
-__all__ = [
-    "DataSource",
-    "DatasetError",
-    "RelabeledSubset",
-    "Split",
-    "available_datasets",
-    "load_dataset",
-    "make_loader",
-    "make_split",
-    "register_dataset",
-]
+from typing import TYPE_CHECKING
+
+from model.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from .base import DataSource, DatasetError, available_datasets, load_dataset, register_dataset
+    from .loaders import RelabeledSubset, make_loader
+    from .split import Split, make_split
+
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    ".base": ("DataSource", "DatasetError", "available_datasets", "load_dataset", "register_dataset"),
+    ".loaders": ("RelabeledSubset", "make_loader"),
+    ".split": ("Split", "make_split"),
+})  # fmt: skip

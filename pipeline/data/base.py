@@ -4,21 +4,52 @@ A data set is loaded into a :class:`DataSource`: a training pool and a test
 pool, each a map-style :class:`torch.utils.data.Dataset` of ``(image, label)``
 with the labels also given as an array, so that splits are computed without
 touching an image. Loaders register by name with :func:`register_dataset`.
+
+The names are declared here (:data:`DATASETS`), each with the module that loads
+it, so that a config's ``data.name`` is checked without importing any loader
+(they import torch); :func:`load_dataset` imports the loader's module on first use.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import numpy as np
-from torch.utils.data import Dataset
+if TYPE_CHECKING:  # a config names a data set without importing torch
+    import numpy as np
+    from torch.utils.data import Dataset
 
-if TYPE_CHECKING:
     from .config import DataConfig
 
-__all__ = ["DataSource", "ImageSpec", "DatasetError", "Normalization", "register_dataset", "load_dataset", "available_datasets"]
+__all__ = [
+    "DATASETS",
+    "SPLIT_FILE_DATASETS",
+    "DataSource",
+    "ImageSpec",
+    "DatasetError",
+    "Normalization",
+    "register_dataset",
+    "load_dataset",
+    "available_datasets",
+]
+
+DATASETS = {
+    "digits": "pipeline.data.packaged",
+    "mnist": "pipeline.data.packaged",
+    "cifar100": "pipeline.data.cifar100",
+    "cub": "pipeline.data.cub",
+    "domainnet": "pipeline.data.domainnet",
+    "image_folder": "pipeline.data.image_folder",
+    "imagenet_a": "pipeline.data.imagenet_a",
+    "imagenet_r": "pipeline.data.imagenet_r",
+}
+"""Every data set by name, with the module whose :func:`register_dataset` loads it (imported on first use).
+A loader registered elsewhere adds itself."""
+
+SPLIT_FILE_DATASETS = frozenset({"imagenet_r", "imagenet_a", "cub", "domainnet", "image_folder"})
+"""Data sets read from image files, whose pools a split file may replace (:mod:`pipeline.data.split_file`)."""
 
 
 class DatasetError(ValueError):
@@ -99,17 +130,21 @@ _REGISTRY: dict[str, Loader] = {}
 
 
 def register_dataset(name: str) -> Callable[[Loader], Loader]:
+    """Decorator: ``fn`` loads data set ``name`` (a name not in :data:`DATASETS` is added, with ``fn``'s module)."""
+
     def deco(fn: Loader) -> Loader:
         if name in _REGISTRY:
             raise ValueError(f"data set {name!r} is registered twice")
         _REGISTRY[name] = fn
+        DATASETS.setdefault(name, fn.__module__)
         return fn
 
     return deco
 
 
 def available_datasets() -> list[str]:
-    return sorted(_REGISTRY)
+    """The declared data sets' names (no loader imported)."""
+    return sorted(DATASETS)
 
 
 def load_dataset(cfg: "DataConfig", normalization: Normalization = None) -> DataSource:
@@ -121,8 +156,9 @@ def load_dataset(cfg: "DataConfig", normalization: Normalization = None) -> Data
         normalization: ``(mean, std)`` the images are normalised with (image
             data sets); see :func:`pipeline.data.transforms.resolve_normalization`.
     """
-    if cfg.name not in _REGISTRY:
+    if cfg.name not in DATASETS:
         raise DatasetError(f"unknown data set {cfg.name!r}; known: {available_datasets()}")
+    importlib.import_module(DATASETS[cfg.name])  # registers its loader
     if getattr(cfg, "split_file", None) is not None:  # a declared split replaces the data set's own pools
         from .split_file import load_split_files
 

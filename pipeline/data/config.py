@@ -8,8 +8,7 @@ from pydantic import field_validator, model_validator
 
 from model.settings import Settings, setting
 
-from .base import available_datasets
-from .split_file import SPLIT_FILE_DATASETS
+from .base import SPLIT_FILE_DATASETS, available_datasets
 
 __all__ = ["DataConfig"]
 

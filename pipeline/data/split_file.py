@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import yaml
 
-from .base import DatasetError, DataSource, Normalization
+from .base import SPLIT_FILE_DATASETS, DatasetError, DataSource, Normalization
 from .image_folder import image_source, require_root
 from .transforms import check_options
 
@@ -51,9 +51,6 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
-
-SPLIT_FILE_DATASETS = frozenset({"imagenet_r", "imagenet_a", "cub", "domainnet", "image_folder"})
-"""Data sets read from image files, whose pools a split file may replace."""
 
 YAML_SUFFIXES = (".yaml", ".yml")
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from model.settings import WIDTH, searchable_fields
 
-from ..config import BackboneConfig, ConfigError, RunConfig, flatten
+from ..config import BackboneConfig, ConfigError, RunConfig, check_timm_name, flatten
 from .stages import RunSpec
 
 __all__ = ["preflight", "check_config", "check_paths", "check_local_resources", "resume_conflicts", "architecture", "KNOWN_CLASS_COUNTS"]
@@ -38,11 +38,12 @@ def architecture(backbone: BackboneConfig) -> dict[str, Any]:
     once per backbone on the meta device: no memory, no weights.
 
     Raises:
-        ConfigError: ``backbone.overrides`` do not fit the model.
+        ConfigError: timm has no model ``backbone.name``, or ``backbone.overrides`` do not fit it.
     """
     import timm
     import torch
 
+    check_timm_name(backbone)
     kwargs = {**backbone.overrides, "num_classes": 0}
     try:
         with torch.device("meta"):

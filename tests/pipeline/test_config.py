@@ -26,7 +26,6 @@ ROOT = Path(__file__).resolve().parents[2]
         ({"method": {"name": "l2p", "top_k": 40}}, r"method.l2p: top_k \(40\) cannot exceed pool_size \(30\)"),
         ({"method": {"lamb": 0.9, "raank": 3}}, r"unknown config key\(s\) method.inflora.raank in section method.inflora; allowed: \['blocks'"),
         ({"method": {"name": "foo"}}, "method.name: unknown method 'foo'; known methods"),
-        ({"backbone": {"name": "vit_nope"}}, "backbone.name: unknown timm model 'vit_nope'"),
         ({"data": {"name": "imagenet_x"}}, "data.name: unknown data set 'imagenet_x'"),
         ({"data": {"num_tasks": 0}}, "data.num_tasks must be >= 1"),
         ({"data": {"val_fraction": 1.0}}, "data.val_fraction"),
@@ -47,6 +46,14 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_bad_values_name_the_key(data, message):
     with pytest.raises(ConfigError, match=message):
         config_from_dict(data)
+
+
+def test_an_unknown_timm_model_is_named_by_the_preflight_which_imports_timm():
+    from pipeline.preflight import architecture
+
+    cfg = config_from_dict({"backbone": {"name": "vit_nope"}})  # validation imports no timm
+    with pytest.raises(ConfigError, match="backbone.name: unknown timm model 'vit_nope'"):
+        architecture(cfg.backbone)
 
 
 def test_defaults_are_the_paper_defaults():

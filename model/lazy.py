@@ -1,9 +1,9 @@
 """Public names of a package imported on first use (PEP 562 module ``__getattr__``).
 
-``model`` and ``model.methods`` re-export names from modules that import torch and
-timm; importing them on first use lets a reader of settings or results
-(:mod:`model.methods.config`, :mod:`model.methods.results`) go through those
-packages without paying for torch.
+``model``, ``model.methods`` and ``pipeline.data`` re-export names from modules that
+import torch and timm; importing them on first use lets a reader of settings or
+results (:mod:`model.methods.config`, :mod:`model.methods.results`,
+:mod:`pipeline.data.config`) go through those packages without paying for torch.
 """
 
 from __future__ import annotations
