@@ -7,7 +7,7 @@ import pytest
 from model.methods import available_methods, declaration, get_method_class, method_config_class, register_method
 from model.methods.base import ContinualMethod
 from model.methods.config import MethodConfig
-from tests.process_helpers import heavy_imports_of
+from process_helpers import heavy_imports_of
 
 
 def test_settings_published_figures_and_results_import_no_torch():

@@ -7,7 +7,7 @@ import importlib
 import pytest
 
 from pipeline.data.base import _REGISTRY, DATASETS, available_datasets
-from tests.process_helpers import heavy_imports_of
+from process_helpers import heavy_imports_of
 
 
 def test_data_set_names_and_the_data_section_need_no_torch():
