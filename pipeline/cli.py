@@ -93,31 +93,35 @@ def _print_outcomes(outcomes, tracking_uri: str | None) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .running.runner import execute, make_specs, spec_from_run_dir
-    from .running.preflight import check_resume, preflight
 
-    if args.resume:
-        specs = [spec_from_run_dir(path) for path in args.resume]
-        for spec in specs if args.config or args.set else []:  # the config asked for must be the run's own
-            check_resume([spec], _requested_config(args, spec))
-    else:
+    configs = []
+    if not args.resume:
         if not args.config:
             raise SystemExit("inflora run: give a CONFIG file or --resume RUN_DIR")
         overrides = list(args.set or [])
         if args.executor:
             overrides.append(f"resources.executor={args.executor}")
+        # first, before torch, timm, Ray and MLflow are imported: a bad config is answered in about a second
         configs = [load_config(path, overrides) for path in args.config]
-        cfg = configs[0]
         if args.methods:
             if len(configs) > 1:
                 raise SystemExit("inflora run: give either several CONFIG files or --methods, not both")
-            configs = [_with_method(cfg, name) for name in args.methods]
+            configs = [_with_method(configs[0], name) for name in args.methods]
         if len(configs) > 1:
             _check_same_protocol(configs, args.config if not args.methods else [f"--methods {m}" for m in args.methods])
-            specs = [spec for c in configs for spec in make_specs(c, args.seeds)]
-            preflight(specs)
-            return _run_comparison(cfg, specs, args)
-        specs = make_specs(cfg, args.seeds)
+    from .running.preflight import check_resume, preflight
+    from .running.runner import execute, make_specs, spec_from_run_dir
+
+    if args.resume:
+        specs = [spec_from_run_dir(path) for path in args.resume]
+        for spec in specs if args.config or args.set else []:  # the config asked for must be the run's own
+            check_resume([spec], _requested_config(args, spec))
+    elif len(configs) > 1:
+        specs = [spec for c in configs for spec in make_specs(c, args.seeds)]
+        preflight(specs)
+        return _run_comparison(configs[0], specs, args)
+    else:
+        specs = make_specs(configs[0], args.seeds)
     preflight(specs)  # before any run directory or MLflow run exists
     outcomes = execute(specs, progress=not args.no_progress, notify=_say)
     cfg = specs[0].config
@@ -331,32 +335,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_USER_ERRORS = (
+    ("pipeline.config", "ConfigError"),
+    ("model.backbone", "BackboneError"),
+    ("pipeline.data.base", "DatasetError"),
+    ("model.subspace", "SubspaceError"),
+    ("pipeline.running.state", "RunStateError"),
+    ("pipeline.running.runner", "RunFailed"),
+    ("pipeline.running.resources", "ResourceError"),
+    ("pipeline.tracking.offline", "TrackingUnavailable"),
+)
+"""Errors of a bad input or a failed run, printed as one line: (module, class)."""
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is one line for the user, not a traceback. A class of :data:`_USER_ERRORS` is
+    looked up only if its module is imported (none of its instances can exist otherwise), so that a
+    bad config is answered before torch, timm, Ray and MLflow are imported."""
+    if isinstance(exc, (FileNotFoundError, LookupError, ConnectionError)):  # ConnectionError: the Ray cluster (RAY_ADDRESS)
+        return True
+    return any(isinstance(exc, getattr(sys.modules[module], name)) for module, name in _USER_ERRORS if module in sys.modules)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from model.backbone import BackboneError
-    from model.subspace import SubspaceError
-
-    from .config import ConfigError
-    from .data import DatasetError
-    from .tracking.offline import TrackingUnavailable
-    from .running.resources import ResourceError
-    from .running.runner import RunFailed
-    from .running.state import RunStateError
-
     previous = _on_sigterm(_interrupt)  # a killed command ends its MLflow runs as KILLED, as Ctrl-C does
-    errors = (ConfigError, BackboneError, DatasetError, SubspaceError, RunStateError, RunFailed, FileNotFoundError, LookupError,
-              ResourceError, TrackingUnavailable, ConnectionError)  # ConnectionError: the Ray cluster (RAY_ADDRESS)
     try:
         return int(args.func(args) or 0)
-    except errors as exc:
-        print(f"inflora: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("inflora: interrupted; finished stages are kept: re-run the same command to resume", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not _is_user_error(exc):
+            raise
+        print(f"inflora: error: {exc}", file=sys.stderr)
+        return 2
     finally:
         _on_sigterm(previous)
 

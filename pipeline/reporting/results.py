@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .metrics import accuracy_matrix, old_new_accuracy, session_accuracy, summarize
-from ..running.stages import read_result
+from ..running.spec import read_result
 from ..running.state import RunDir, StageKey
 
 __all__ = ["RunResults", "collect_results"]

@@ -22,7 +22,7 @@ from typing import Any
 from model.settings import WIDTH, searchable_fields
 
 from ..config import BackboneConfig, ConfigError, RunConfig, check_timm_name, flatten
-from .stages import RunSpec
+from .spec import RunSpec
 
 __all__ = ["preflight", "check_config", "check_paths", "check_local_resources", "resume_conflicts", "architecture", "KNOWN_CLASS_COUNTS"]
 

@@ -28,6 +28,7 @@ from .pretrain import ensure_backbone
 from .resources import ResourceError, ensure_executor_fits
 from ..reporting.results import RunResults, collect_results
 from .scheduler import Executor, create_executor
+from .spec import spec_from_run_dir
 from .stages import RunSpec, init_run_dir, method_of, read_result, stage_dependencies, stage_plan
 from .state import IntegrityError, RunDir, StageKey
 from ..tracking.tracker import RunTracker, package_versions
@@ -73,17 +74,6 @@ def run_dir_name(cfg: RunConfig, seed: int) -> str:
 def make_specs(cfg: RunConfig, seeds: Sequence[int] | None = None) -> list[RunSpec]:
     """One run per seed, each with its own directory under ``cfg.output_dir``."""
     return [RunSpec(cfg, int(seed), str(Path(cfg.output_dir) / run_dir_name(cfg, int(seed)))) for seed in (seeds or cfg.seeds)]
-
-
-def spec_from_run_dir(path: str) -> RunSpec:
-    """The spec of an existing run directory (for ``--resume``)."""
-    from ..config import config_from_dict
-
-    run_dir = RunDir(path)
-    if not run_dir.file(RunDir.RUN).is_file():
-        raise FileNotFoundError(f"{run_dir.path} is not a run directory (no run.json)")
-    record = run_dir.read_json(RunDir.RUN)
-    return RunSpec(config_from_dict(record["config"]), int(record["seed"]), str(run_dir.path))
 
 
 class _Progress:

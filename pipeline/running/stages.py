@@ -24,7 +24,6 @@ import copy
 import functools
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from ..data import DataSource, Split, load_dataset, make_loader, make_split
 from ..data.config import DataConfig
 from ..data.device_loader import device_batches
 from .nodes import current_node_id
+from .spec import RunSpec, read_result
 from .state import RunDir, RunStateError, StageKey
 
 __all__ = [
@@ -58,19 +58,6 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    """A run: a configuration, a seed, and the directory its state lives in."""
-
-    config: RunConfig
-    seed: int
-    run_dir: str
-
-    @property
-    def label(self) -> str:
-        return f"{self.config.name}/{self.config.method.name}/seed{self.seed}"
-
-
 stage_seed = derived_seed
 """A 63-bit seed derived from (run seed, session, purpose) (:func:`model.methods.context.derived_seed`)."""
 
@@ -82,11 +69,6 @@ def _generator(seed: int, session: int, purpose: str) -> torch.Generator:
 def method_of(cfg: RunConfig) -> ContinualMethod:
     """The method a config selects, with its settings."""
     return create_method(cfg.method.name, cfg.method.config)
-
-
-def read_result(run_dir: RunDir, key: StageKey) -> StepResult:
-    """The typed result of a finished stage (its marker checked against its checksum)."""
-    return StepResult.from_dict(run_dir.read_done(key))
 
 
 # ------------------------------------------------------------------ the plan

@@ -12,12 +12,40 @@ from pipeline.cli import main
 from pipeline.config import config_from_dict
 from pipeline.data import DataSource, DatasetError, make_split, register_dataset
 from pipeline.running.runner import RunFailed, execute, make_specs
+from process_helpers import heavy_imports_of
 
 
 def write_config(tmp_path, cfg: dict):
     path = tmp_path / "run.yaml"
     path.write_text(json.dumps(cfg))  # JSON is YAML
     return path
+
+
+@pytest.mark.parametrize("kind", ["bad-value", "missing", "directory", "png"])
+def test_a_bad_config_is_refused_before_torch_timm_ray_or_mlflow_is_imported(tmp_path, kind):
+    """The refusal takes the interpreter's start and the validation only (about a second), not the
+    seconds of importing torch, timm, Ray and MLflow (issue 21, item 10)."""
+    path = tmp_path / {"bad-value": "bad.yaml", "missing": "nope.yaml", "directory": "configs", "png": "plot.png"}[kind]
+    if kind == "bad-value":
+        path.write_text("method:\n  inflora:\n    lamb: 0\n")
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "png":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    code = f"from pipeline.cli import main\nassert main(['run', {str(path)!r}, '--no-progress']) == 2\n"
+    assert heavy_imports_of(code) == []
+    assert not (tmp_path / "runs").exists()
+
+
+def test_every_error_printed_as_one_line_names_an_existing_class():
+    """The CLI finds these classes by module name (so as not to import the modules): a module moved
+    without this table would turn its errors into tracebacks."""
+    import importlib
+
+    from pipeline.cli import _USER_ERRORS
+
+    for module, name in _USER_ERRORS:
+        assert issubclass(getattr(importlib.import_module(module), name), Exception), (module, name)
 
 
 def test_run_eval_report_and_resume(tmp_path, tiny_checkpoint, capsys, monkeypatch):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ConfigError, apply_overrides, config_from_dict, config_to_dict, load_config, updated
+from process_helpers import heavy_imports_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,7 +50,7 @@ def test_bad_values_name_the_key(data, message):
 
 
 def test_an_unknown_timm_model_is_named_by_the_preflight_which_imports_timm():
-    from pipeline.preflight import architecture
+    from pipeline.running.preflight import architecture
 
     cfg = config_from_dict({"backbone": {"name": "vit_nope"}})  # validation imports no timm
     with pytest.raises(ConfigError, match="backbone.name: unknown timm model 'vit_nope'"):
@@ -138,6 +139,22 @@ def test_shipped_configs_parse():
         if "sweep" in path.name:
             continue  # sweep files wrap a run config; tested in tests/sweeps
         load_config(path)
+
+
+def test_every_shipped_config_validates_without_torch_timm_ray_or_mlflow():
+    """Validation is the first thing ``inflora run`` does: a fresh interpreter validates every run
+    config of ``configs/`` and ``configs/paper/`` without those imports (seconds each). (A sweep
+    file whose space bounds a rank by the backbone's width builds the backbone on the meta device:
+    timm.)"""
+    code = (
+        "from pathlib import Path\n"
+        "from pipeline.config import load_config\n"
+        f"paths = [p for p in sorted(Path({str(ROOT / 'configs')!r}).rglob('*.yaml')) if 'sweep' not in p.name]\n"
+        "assert len(paths) > 30, paths\n"
+        "for path in paths:\n"
+        "    load_config(path)\n"
+    )
+    assert heavy_imports_of(code) == []
 
 
 @pytest.mark.parametrize(
