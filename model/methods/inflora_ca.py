@@ -11,9 +11,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
-
 from ..alignment import AlignSpec, align_heads, class_feature_stats
 from ..net import ContinualViT
 from .base import Step
