@@ -1,13 +1,6 @@
 """The docker-compose stack on a real Docker engine: build, up, the demo, restarts, re-run, down.
 
-No image registry is reachable where this project is tested, so the engine and
-stand-ins for the two public base images come from ``../shared/docker-local``
-(beside the checkout in CI; ``INFLORA_DOCKER_LOCAL`` names another place): its
-``start-engine.sh`` starts Debian's dockerd, ``base-images.sh`` builds
-``local/python:3.11-slim`` and ``local/postgres:16``, and its
-``compose.override.yaml`` swaps only those images, an empty ``TORCH_INDEX_URL``
-(torch from PyPI) and host networking for builds. Everything else is
-``docker/compose.yaml`` as a user runs it.
+The engine, the base images and the local override: ``stack_helpers``.
 
 The stack comes up with ``up -d`` and no ``--scale``: the two workers are the
 file's default. While the runner's demo is running, ``mlflow`` is restarted; the
@@ -19,7 +12,6 @@ workers still): every stage is skipped. ``down -v`` removes everything.
 
 It takes minutes (a cold build about 5), so it runs in CI (``INFLORA_CI=1``,
 where an engine that cannot start is a failure) or with ``INFLORA_STACK=1``.
-The engine's layer cache lives under /var/lib/inflora-docker.
 """
 
 from __future__ import annotations
@@ -28,21 +20,15 @@ import io
 import json
 import os
 import re
-import shutil
-import socket
-import subprocess
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import pandas as pd
 import pytest
+from stack_helpers import ROOT, Stack, docker_engine, free_port, mlflow_client, wait_for
 
 pytestmark = pytest.mark.stack
 
-ROOT = Path(__file__).resolve().parents[2]
-COMPOSE = ROOT / "docker" / "compose.yaml"
-DOCKER_LOCAL = Path(os.environ.get("INFLORA_DOCKER_LOCAL", ROOT.parent / "shared" / "docker-local"))
 PROJECT = "inflora-stack-test"
 EXPERIMENT = "inflora-demo"
 NUM_TASKS = 5
@@ -61,121 +47,6 @@ RUNNER_TIMEOUT_S = float(os.environ.get("INFLORA_STACK_RUNNER_TIMEOUT_S", 1200))
 OBJECT_STORE_FALLBACK = "The object store is using"
 
 
-def _in_ci() -> bool:
-    return bool(os.environ.get("INFLORA_CI"))
-
-
-def _unavailable(reason: str):
-    if _in_ci():
-        pytest.fail(f"{reason}, and INFLORA_CI is set: CI must run the stack")
-    pytest.skip(f"{reason} (INFLORA_CI=1 makes this a failure)")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Stack:
-    env: dict[str, str]
-    port: int
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def files(self) -> list[str]:
-        return ["-p", PROJECT, "-f", str(COMPOSE), "-f", str(DOCKER_LOCAL / "compose.override.yaml")]
-
-    def compose(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(["docker-compose", *self.files, *args], cwd=ROOT, env=self.env,
-                                capture_output=True, text=True, timeout=timeout)
-        if check and result.returncode != 0:
-            raise AssertionError(f"docker-compose {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
-        return result
-
-    def docker(self, *args: str, timeout: float = 120) -> str:
-        result = subprocess.run(["docker", *args], env=self.env, capture_output=True, text=True, timeout=timeout)
-        assert result.returncode == 0, f"docker {' '.join(args)} failed:\n{result.stderr[-2000:]}"
-        return result.stdout
-
-    def containers(self, service: str) -> list[str]:
-        return self.compose("ps", "-q", service).stdout.split()
-
-    def running(self, service: str) -> list[str]:
-        out = self.docker("ps", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}",
-                          "--filter", f"label=com.docker.compose.service={service}")
-        return out.split()
-
-    def wait_exit(self, service: str, timeout_s: float) -> int:
-        """Exit code of the service's (only) container, once it stopped."""
-        (container,) = self.containers(service)
-        return int(self.docker("wait", container, timeout=timeout_s).strip())
-
-    def exec(self, service: str, *cmd: str, timeout: float = 120) -> str:
-        return self.compose("exec", "-T", service, *cmd, timeout=timeout).stdout
-
-    def logs(self, *services: str) -> str:
-        return self.compose("logs", "--no-color", *services, check=False).stdout
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-_STATE = Path(os.environ.get("INFLORA_DOCKER_STATE", "/var/lib/inflora-docker"))
-_SOCKET = os.environ.get("INFLORA_DOCKER_SOCK", "/run/inflora-docker.sock")
-
-
-def _engine_answers(env: dict[str, str]) -> bool:
-    probe = subprocess.run(["docker", "info"], env={**env, "DOCKER_HOST": f"unix://{_SOCKET}"}, capture_output=True, timeout=30)
-    return probe.returncode == 0
-
-
-def _stop_engine() -> None:
-    """Stop the dockerd this test started (its layer cache stays on disk)."""
-    pid_file = _STATE / "dockerd.pid"
-    if pid_file.is_file():
-        subprocess.run(["kill", pid_file.read_text().strip()], capture_output=True)
-
-
-def _start_engine() -> dict[str, str]:
-    if not (DOCKER_LOCAL / "start-engine.sh").is_file():
-        _unavailable(f"{DOCKER_LOCAL} (the local Docker engine recipe) is missing")
-    if os.geteuid() != 0:
-        _unavailable("starting the Docker engine needs root")
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS") and not k.startswith("COMPOSE_")}
-    started = subprocess.run(["bash", str(DOCKER_LOCAL / "start-engine.sh")], env=env, capture_output=True, text=True, timeout=600)
-    if started.returncode != 0:
-        _unavailable(f"the Docker engine did not start: {(started.stderr or started.stdout).strip()[-500:]}")
-    env["DOCKER_HOST"] = started.stdout.strip().splitlines()[-1].split("=", 1)[1]
-    images = subprocess.run(["bash", str(DOCKER_LOCAL / "base-images.sh")], env=env, capture_output=True, text=True, timeout=900)
-    assert images.returncode == 0, f"base-images.sh failed:\n{images.stderr[-3000:]}"
-    # no buildx in Debian 12: the legacy builder (root .dockerignore keeps the context small)
-    env.update(DOCKER_BUILDKIT="0", COMPOSE_DOCKER_CLI_BUILD="1", COMPOSE_HTTP_TIMEOUT="300")
-    return env
-
-
-def _mlflow_client(url: str):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=url)
-
-
-def _wait_for(predicate, timeout_s: float, what: str, poll_s: float = 1.0):
-    deadline = time.monotonic() + timeout_s
-    last_error = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - the server is coming up
-            last_error = exc
-        time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what} (last error: {last_error})")
-
-
 def _demo_runs(client) -> list:
     experiment = client.get_experiment_by_name(EXPERIMENT)
     return client.search_runs([experiment.experiment_id]) if experiment else []
@@ -192,45 +63,38 @@ class FirstRun:
 @pytest.fixture(scope="module")
 def first_run():
     """Build, ``up -d``, restart mlflow while the demo runs, wait for the runner; ``down -v`` at the end."""
-    if not (_in_ci() or os.environ.get("INFLORA_STACK")):
-        pytest.skip("the stack test takes minutes: set INFLORA_STACK=1 (CI sets INFLORA_CI=1)")
-    if shutil.which("docker-compose") is None and not _in_ci():
-        pytest.skip("docker-compose is not installed")
     started = time.monotonic()
-    engine_was_up = shutil.which("docker") is not None and _engine_answers(dict(os.environ))
-    env = _start_engine()
-    port = _free_port()
-    stack = Stack({**env, "MLFLOW_PORT": str(port)}, port)
-    stack.timings["engine_and_base_images_s"] = time.monotonic() - started
-    stack.compose("down", "-v", "--remove-orphans", check=False)  # what an aborted earlier test left
-    try:
-        t = time.monotonic()
-        stack.compose("build", timeout=1200)
-        stack.timings["build_s"] = time.monotonic() - t
-        t = time.monotonic()
-        stack.compose("up", "-d", timeout=600)
-        stack.timings["up_s"] = time.monotonic() - t
-        client = _mlflow_client(stack.url)
-        # the MLflow run exists once the backbone is pretrained and the stages are submitted
-        _wait_for(lambda: [r for r in _demo_runs(client) if r.info.status == "RUNNING"], RUNNER_TIMEOUT_S, "the demo's MLflow run")
-        restart_at_ms = int(time.time() * 1000)
-        stack.compose("restart", "mlflow", timeout=300)
-        exit_code = stack.wait_exit("runner", RUNNER_TIMEOUT_S)
-        stack.timings["first_run_s"] = time.monotonic() - t
-        yield FirstRun(stack, exit_code, restart_at_ms, stack.logs("runner"))
-    finally:
-        stack.compose("down", "-v", "--remove-orphans", check=False, timeout=300)
-        if not engine_was_up:
-            _stop_engine()
-        stack.timings["total_s"] = time.monotonic() - started
-        print(f"\nstack test timings (s): {json.dumps({k: round(v, 1) for k, v in stack.timings.items()})}")
+    with docker_engine() as env:
+        port = free_port()
+        stack = Stack({**env, "MLFLOW_PORT": str(port)}, port, PROJECT)
+        stack.timings["engine_and_base_images_s"] = time.monotonic() - started
+        stack.compose("down", "-v", "--remove-orphans", check=False)  # what an aborted earlier test left
+        try:
+            t = time.monotonic()
+            stack.compose("build", timeout=1200)
+            stack.timings["build_s"] = time.monotonic() - t
+            t = time.monotonic()
+            stack.compose("up", "-d", timeout=600)
+            stack.timings["up_s"] = time.monotonic() - t
+            client = mlflow_client(stack.url)
+            # the MLflow run exists once the backbone is pretrained and the stages are submitted
+            wait_for(lambda: [r for r in _demo_runs(client) if r.info.status == "RUNNING"], RUNNER_TIMEOUT_S, "the demo's MLflow run")
+            restart_at_ms = int(time.time() * 1000)
+            stack.compose("restart", "mlflow", timeout=300)
+            exit_code = stack.wait_exit("runner", RUNNER_TIMEOUT_S)
+            stack.timings["first_run_s"] = time.monotonic() - t
+            yield FirstRun(stack, exit_code, restart_at_ms, stack.logs("runner"))
+        finally:
+            stack.compose("down", "-v", "--remove-orphans", check=False, timeout=300)
+            stack.timings["total_s"] = time.monotonic() - started
+            print(f"\nstack test timings (s): {json.dumps({k: round(v, 1) for k, v in stack.timings.items()})}")
 
 
 @pytest.fixture(scope="module")
 def demo_run(first_run):
     assert first_run.exit_code == 0, f"the runner exited {first_run.exit_code}:\n{first_run.runner_log[-4000:]}"
-    client = _mlflow_client(first_run.stack.url)
-    _wait_for(lambda: client.get_experiment_by_name(EXPERIMENT), 120, "MLflow after the restart")
+    client = mlflow_client(first_run.stack.url)
+    wait_for(lambda: client.get_experiment_by_name(EXPERIMENT), 120, "MLflow after the restart")
     runs = _demo_runs(client)
     assert len(runs) == 1, [r.info.run_name for r in runs]
     return client, runs[0]

@@ -5,16 +5,17 @@ token path on one side fails to connect. The block is taken from the page itself
 the page cannot drift from what works. Substituted: ``<head-ip>`` → 127.0.0.1, port
 6379 → a free port, ``/shared`` → a temporary folder, the MLflow server → a sqlite
 file, the paper config → the tiny test config (its checkpoint copied to the documented
-path). Left out: the worker line (one machine). Ray's files go under a private
-``RAY_TMPDIR``, and the cluster's processes are found there and stopped by pid (``ray
-stop`` would stop every Ray cluster of this user).
+path). Left out: the worker line and the line by which a driver off the cluster joins
+it (one machine: the driver runs on the head node); the compose-stack test
+(``tests/docker/test_cluster_recipe_stack.py``) runs those across containers. Ray's
+files go under a private ``RAY_TMPDIR``, and the cluster's processes are found there
+and stopped by pid (``ray stop`` would stop every Ray cluster of this user).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -25,20 +26,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-import yaml
-from conftest import tiny_config_dict
+from cluster_recipe import PAPER_CONFIG, SHARED, fill_shared, recipe_parts
 
 pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parents[2]
-DOC = ROOT / "docs" / "cluster.md"
-PAPER_CONFIG = "configs/paper/imagenet_r_10.yaml"
-
-
-def _recipe() -> str:
-    text = DOC.read_text()
-    section = text.split("## A Ray cluster by hand", 1)[1]
-    return re.search(r"```bash\n(.*?)```", section, re.S).group(1)
 
 
 def _free_port() -> int:
@@ -67,22 +59,11 @@ def test_the_documented_recipe_runs_as_written(tmp_path, tiny_checkpoint):
     shared = Path(tempfile.mkdtemp(prefix="sh-", dir="/tmp"))  # short: Ray's socket paths live under RAY_TMPDIR
     ray_tmp = shared / "raytmp"
     ray_tmp.mkdir()
-    checkpoint = shared / "checkpoints" / "vit_base_patch16_224.augreg_in21k.safetensors"
-    checkpoint.parent.mkdir(parents=True)
-    shutil.copyfile(tiny_checkpoint, checkpoint)
-    (shared / "data" / "imagenet_r").mkdir(parents=True)
-    (shared / "data" / "imagenet_r" / "README").write_text("the tiny config reads the packaged digits\n")
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_config_dict(tmp_path, checkpoint, resources={"executor": "ray", "cpus_per_stage": 1},
-                                                      tracking={"experiment": "recipe"})))
-    script = _recipe()
-    worker = [line for line in script.splitlines() if line.startswith("ray start --address=")]
-    assert len(worker) == 1
-    script = script.replace(worker[0], "")
-    for documented, here in (("<head-ip>", "127.0.0.1"), ("6379", str(_free_port())), ("/shared", str(shared)),
-                             ("http://<mlflow-host>:5000", f"sqlite:///{tmp_path / 'mlflow.db'}"), (PAPER_CONFIG, str(config))):
-        assert documented in script, documented
-        script = script.replace(documented, here)
+    checkpoint = fill_shared(shared, tiny_checkpoint, config, shared_as=str(shared))
+    parts = recipe_parts({"<head-ip>": "127.0.0.1", "6379": str(_free_port()), SHARED: str(shared),
+                          "http://<mlflow-host>:5000": f"sqlite:///{tmp_path / 'mlflow.db'}", PAPER_CONFIG: str(config)})
+    script = "\n".join(parts[role] for role in ("token", "env", "head", "driver"))
     script += "\nprintf 'RUNS %s\\n' \"$(ls " + str(shared / "runs") + ")\"\n"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_TRACKING"))}
     env.update(RAY_TMPDIR=str(ray_tmp), PATH=f"{Path(sys.executable).parent}:{env['PATH']}", PYTHONPATH=str(ROOT),
@@ -95,7 +76,8 @@ def test_the_documented_recipe_runs_as_written(tmp_path, tiny_checkpoint):
         token = shared / "ray" / "token"
         assert oct(token.stat().st_mode & 0o777) == "0o600"
         run_json = next((shared / "runs").glob("*/run.json"))
-        assert json.loads(run_json.read_text())["config"]["backbone"]["checkpoint"] == str(checkpoint)
+        assert json.loads(run_json.read_text())["config"]["backbone"]["checkpoint"] == checkpoint
+        assert (tmp_path / "mlflow.db").is_file()  # MLFLOW_TRACKING_URI, not the config, named the store
     finally:
         _stop_cluster(ray_tmp)
         shutil.rmtree(shared, ignore_errors=True)
