@@ -177,9 +177,9 @@ def _check_same_protocol(configs, sources: list[str]) -> None:
 
 def _run_comparison(cfg, specs, args: argparse.Namespace) -> int:
     """Every method on the same split, class order and seeds, as one batch, nested under one MLflow run."""
-    from .tracking.offline import GuardedTracker
     from .reporting.report import runs_table, summary_notes, summary_table
     from .running.runner import execute
+    from .tracking.offline import GuardedTracker
 
     parent = None
     tracker = None

@@ -34,10 +34,10 @@ from typing import Any
 import yaml
 from ray.tune import Callback
 
-from pipeline.tracking import metric_keys as mk
 from pipeline.running.runner import make_specs
 from pipeline.running.stages import RunSpec, init_run_dir, method_of
 from pipeline.running.state import RunDir
+from pipeline.tracking import metric_keys as mk
 from pipeline.tracking.tracker import Tracker, package_versions
 
 from .config import Sweep

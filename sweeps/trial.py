@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from model.methods import StepResult
-from pipeline.tracking import metric_keys as mk
 from pipeline.config import updated
 from pipeline.running.runner import execute, make_specs
 from pipeline.running.scheduler import LocalExecutor
 from pipeline.running.stages import RunSpec
 from pipeline.running.state import StageKey
+from pipeline.tracking import metric_keys as mk
 
 from .config import Sweep
 

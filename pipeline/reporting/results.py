@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .metrics import accuracy_matrix, old_new_accuracy, session_accuracy, summarize
 from ..running.spec import read_result
 from ..running.state import RunDir, StageKey
+from .metrics import accuracy_matrix, old_new_accuracy, session_accuracy, summarize
 
 __all__ = ["RunResults", "collect_results"]
 

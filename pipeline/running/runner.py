@@ -20,18 +20,18 @@ from typing import Any
 from model.backbone import BackboneError
 from model.methods import ContinualMethod, StepResult
 
-from .backbone_check import record_backbone_hash
 from ..config import ConfigError, RunConfig
-from .lock import locked_runs
+from ..reporting.results import RunResults, collect_results
 from ..tracking.offline import GuardedTracker, TrackingUnavailable
+from ..tracking.tracker import RunTracker, package_versions
+from .backbone_check import record_backbone_hash
+from .lock import locked_runs
 from .pretrain import ensure_backbone
 from .resources import ResourceError, ensure_executor_fits
-from ..reporting.results import RunResults, collect_results
 from .scheduler import Executor, create_executor
 from .spec import spec_from_run_dir
 from .stages import RunSpec, init_run_dir, method_of, read_result, stage_dependencies, stage_plan
 from .state import IntegrityError, RunDir, StageKey
-from ..tracking.tracker import RunTracker, package_versions
 
 __all__ = ["RunOutcome", "RunFailed", "make_specs", "execute", "spec_from_run_dir"]
 

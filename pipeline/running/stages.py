@@ -34,11 +34,11 @@ from model.methods import ContinualMethod, Step, StepResult, create_method, head
 from model.methods.context import derived_seed
 from model.net import ContinualViT
 
-from .backbone_check import cached_backbone, check_backbone_hash
 from ..config import RunConfig, config_to_dict
 from ..data import DataSource, Split, load_dataset, make_loader, make_split
 from ..data.config import DataConfig
 from ..data.device_loader import device_batches
+from .backbone_check import cached_backbone, check_backbone_hash
 from .nodes import current_node_id
 from .spec import RunSpec, read_result
 from .state import RunDir, RunStateError, StageKey

@@ -29,13 +29,13 @@ import yaml
 
 from model.methods import StepResult
 
-from . import metric_keys as mk
 from ..config import TrackingConfig, config_to_dict, flatten
 from ..reporting.plots import accuracy_heatmap, close, figure_pixels, metric_curves
 from ..reporting.report import comparison_figure
 from ..reporting.results import collect_results
 from ..running.stages import RunSpec, method_of, read_result, stage_plan
 from ..running.state import RunDir, StageKey
+from . import metric_keys as mk
 from .store import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND, open_experiment, resolve_tracking_uri
 from .system_metrics import SystemMetrics
 from .timestamps import stage_timestamp_ms
